@@ -1,0 +1,45 @@
+"""Retry policy: pure functions from attempt number and answer to the next delay."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from email.utils import parsedate_to_datetime
+
+# A subscriber may not park a delivery for longer than a day with Retry-After.
+MAX_RETRY_AFTER = 86_400.0
+
+
+def next_delay(
+    attempt: int,
+    schedule: Sequence[float],
+    jitter: float,
+    rand: random.Random | None = None,
+) -> float | None:
+    """Seconds before attempt `attempt + 1`, or None when `attempt` was the last one.
+
+    `attempt` counts from 1; `schedule[i]` is the delay before attempt i + 2, varied by up to
+    `jitter` of itself either way so that failed deliveries do not retry in lockstep.
+    """
+    if attempt < 1 or attempt > len(schedule):
+        return None
+    base = schedule[attempt - 1]
+    spread = (rand or random).uniform(-jitter, jitter) if jitter else 0.0
+    return max(0.0, base * (1.0 + spread))
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from a `Retry-After` header (delta seconds or HTTP date), clamped to a day."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)

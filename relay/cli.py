@@ -1,0 +1,217 @@
+"""Command line: the server processes (serve, web, worker, preflight) and the admin commands."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import structlog
+
+from relay import __version__, ids, logs
+from relay.config import ConfigError, Secret, Settings
+
+log = structlog.get_logger("relay.cli")
+
+# Platforms send SIGKILL 30 s after SIGTERM (Heroku, Render); finish well inside that.
+SHUTDOWN_GRACE = 18.0
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"relay: {message}", err=True)
+    sys.exit(code)
+
+
+def load_settings(*, need_redis: bool = False) -> Settings:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        fail(f"invalid configuration: {exc}", 2)
+    if need_redis and settings.redis_url is None:
+        fail("REDIS_URL is not set; only `relay serve` can run on the embedded store", 2)
+    logs.configure(settings)
+    return settings
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return asyncio.run(coro)
+
+
+def embedded_settings(settings: Settings) -> Settings:
+    """Fill RELAY_SECRET_KEY and RELAY_API_KEYS from ./relay-data/, generating them once."""
+    from relay.embedded import local_secret
+
+    changes: dict[str, Any] = {}
+    if settings.secret_key is None:
+        value, _ = local_secret(settings.data_dir, "secret-key", lambda: ids.api_key())
+        changes["secret_key"] = Secret(value)
+    if not settings.api_keys:
+        value, created = local_secret(settings.data_dir, "api-key", ids.api_key)
+        changes["api_keys"] = (Secret(value),)
+        where = settings.data_dir / "api-key"
+        # Printed on purpose: the operator needs this key and has no other way to learn it.
+        click.echo(f"relay: admin API key ({'new' if created else 'kept'} in {where}): {value}",
+                   err=True)
+    return settings.with_overrides(**changes) if changes else settings
+
+
+async def serve_http(settings: Settings, url: str, *, host: str, with_workers: bool) -> None:
+    import uvicorn
+
+    from relay.web.app import create_app, delivery_background
+
+    background = [delivery_background()] if with_workers else []
+    app = create_app(settings, url, background=background)
+    config = uvicorn.Config(
+        app, host=host, port=settings.port, loop="none", http="httptools", lifespan="on",
+        log_config=None, access_log=False, proxy_headers=True, forwarded_allow_ips="*",
+        timeout_graceful_shutdown=int(SHUTDOWN_GRACE), timeout_keep_alive=75,
+        backlog=4096,
+    )
+    await uvicorn.Server(config).serve()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="relay")
+def main() -> None:
+    """relay: webhook receiver and callback relay for AI-generation run APIs."""
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+def serve(host: str) -> None:
+    """Everything in one process: HTTP, poll scheduler and delivery workers."""
+    settings = load_settings()
+
+    async def go() -> None:
+        if settings.redis_url is not None:
+            await serve_http(settings, settings.redis_url.reveal(), host=host, with_workers=True)
+            return
+        from relay.embedded import embedded_redis
+
+        local = embedded_settings(settings)
+        log.info("embedded_store", data_dir=str(local.data_dir.resolve()),
+                 note="REDIS_URL is unset: relay runs its own Redis under the data directory")
+        async with embedded_redis(local.data_dir) as url:
+            await serve_http(local, url, host=host, with_workers=True)
+
+    run(go())
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+def web(host: str) -> None:
+    """HTTP only (Procfile `web`); needs REDIS_URL."""
+    settings = load_settings(need_redis=True)
+    assert settings.redis_url is not None
+    run(serve_http(settings, settings.redis_url.reveal(), host=host, with_workers=False))
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="One pass over due work, then exit (for tests).")
+def worker(once: bool) -> None:
+    """Poll scheduler and delivery workers (Procfile `worker`); any number may run."""
+    settings = load_settings(need_redis=True)
+    assert settings.redis_url is not None
+    run(run_worker(settings, settings.redis_url.reveal(), once=once))
+
+
+async def run_worker(settings: Settings, url: str, *, once: bool = False) -> None:
+    from relay.delivery import DeliveryWorker
+    from relay.outbound import Outbound
+    from relay.service import Relay
+    from relay.store import open_store
+
+    async with open_store(settings, url) as store:
+        outbound = Outbound(allow_private=settings.allow_private_targets)
+        try:
+            relay = Relay(settings, store)
+            delivery = DeliveryWorker(relay, outbound)
+            if once:
+                count = await delivery.run_once()
+                log.info("worker_pass_done", attempted=count)
+                return
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await delivery.run(stop, grace=SHUTDOWN_GRACE)
+        finally:
+            await outbound.aclose()
+
+
+@main.command()
+def preflight() -> None:
+    """Check Redis and prepare it (Procfile `release`); exit 0 or say what is wrong."""
+    settings = load_settings(need_redis=True)
+    assert settings.redis_url is not None
+    run(run_preflight(settings, settings.redis_url.reveal()))
+
+
+async def run_preflight(settings: Settings, url: str) -> None:
+    from relay.errors import StorageUnavailable
+    from relay.store import open_store
+
+    async with open_store(settings, url) as store:
+        try:
+            info = await store.server_info()
+            await store.ensure_groups()
+        except StorageUnavailable as exc:
+            fail(f"Redis is not reachable: {exc.message}")
+        version = tuple(int(p) for p in info["redis_version"].split(".")[:2] if p.isdigit())
+        if version < (6, 2):
+            fail(f"Redis {info['redis_version']} is too old: relay needs 6.2 or newer")
+        if info["maxmemory_policy"] != "noeviction":
+            click.echo(
+                f"relay: WARNING: maxmemory-policy is {info['maxmemory_policy']}, not noeviction:"
+                " Redis may silently evict queued events and deliveries. Set it to noeviction.",
+                err=True,
+            )
+        click.echo(f"relay: preflight ok (Redis {info['redis_version']}, "
+                   f"maxmemory-policy {info['maxmemory_policy']})")
+
+
+def admin_command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., None]:
+    """Wrap an async admin command: open the store, map errors to one line and exit 1."""
+    from functools import wraps
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        from relay.errors import RelayError
+        from relay.service import Relay
+        from relay.store import open_store
+
+        settings = load_settings()
+        url = settings.redis_url.reveal() if settings.redis_url else _embedded_url(settings)
+
+        async def go() -> Any:
+            async with open_store(settings, url) as store:
+                return await fn(Relay(settings, store), *args, **kwargs)
+
+        try:
+            run(go())
+        except RelayError as exc:
+            fail(f"{exc.code}: {exc.message}")
+
+    return wrapper
+
+
+def _embedded_url(settings: Settings) -> str:
+    sock = (settings.data_dir / "redis.sock").resolve()
+    if not Path(sock).exists():
+        fail("REDIS_URL is not set and no `relay serve` is running on ./relay-data/")
+    return f"unix://{sock}"
+
+
+from relay import cli_admin  # noqa: E402  (registers the admin commands on `main`)
+
+__all__ = ["admin_command", "cli_admin", "main"]

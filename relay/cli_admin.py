@@ -1,0 +1,3 @@
+"""Admin commands: subscriptions, callback URLs, events and deliveries, straight on the store."""
+
+from __future__ import annotations

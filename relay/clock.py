@@ -1,0 +1,58 @@
+"""The only place relay reads the wall clock, so tests can move time."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+
+class Clock:
+    """Wall-clock time; tests replace `clock.CLOCK` with a `FrozenClock`."""
+
+    def now(self) -> float:
+        return time.time()
+
+
+class FrozenClock(Clock):
+    """A clock that only moves when told to."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.value = start
+
+    def now(self) -> float:
+        return self.value
+
+    def advance(self, seconds: float) -> None:
+        self.value += seconds
+
+
+CLOCK: Clock = Clock()
+
+
+def now() -> float:
+    """Unix seconds, as a float."""
+    return CLOCK.now()
+
+
+def now_ms() -> int:
+    return int(CLOCK.now() * 1000)
+
+
+def iso(ts: float) -> str:
+    """ISO 8601 UTC with milliseconds and `+00:00`, as Runflow writes its times."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def parse_time(value: str | float | int) -> float:
+    """ISO 8601 or Unix seconds to Unix seconds; ValueError when it is neither."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()

@@ -1,0 +1,283 @@
+"""Delivery worker: claim queued deliveries, sign, POST, and settle or reschedule each one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections import Counter
+from typing import Any
+
+import structlog
+from ulid import ULID
+
+from relay import backoff, clock, metrics
+from relay.errors import StorageUnavailable
+from relay.models import Subscription, SubscriptionStatus
+from relay.outbound import Answer, Outbound
+from relay.service import Relay
+from relay.signing import secret_bytes, sign_webhook
+from relay.store import QueueEntry
+
+log = structlog.get_logger("relay.delivery")
+
+# Longest an idle loop sleeps between checks of the retry set; the queue itself wakes readers.
+IDLE_SLEEP = 30.0
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def classify(answer: Answer) -> str:
+    """`ok` for 2xx, `gone` for 410, else `fail` (3xx included: redirects are not followed)."""
+    if answer.status is not None and 200 <= answer.status < 300:
+        return "ok"
+    if answer.status == 410:
+        return "gone"
+    return "fail"
+
+
+def failure_text(answer: Answer) -> str | None:
+    if answer.error is not None:
+        return answer.error
+    if answer.status is not None and 300 <= answer.status < 400:
+        return f"redirect ({answer.status}) not followed"
+    if answer.status is not None and not 200 <= answer.status < 300:
+        return f"HTTP {answer.status}"
+    return None
+
+
+class DeliveryWorker:
+    """Runs deliveries concurrently; one slow subscriber cannot take every slot."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        outbound: Outbound,
+        *,
+        name: str | None = None,
+        concurrency: int = 512,
+        per_subscription: int = 64,
+    ) -> None:
+        self.relay = relay
+        self.store = relay.store
+        self.settings = relay.settings
+        self.outbound = outbound
+        self.name = name or consumer_name()
+        self.concurrency = concurrency
+        self.per_subscription = per_subscription
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._by_sub: Counter[str] = Counter()
+        self._slot_free = asyncio.Event()
+        self._wake_retries = asyncio.Event()
+        self._next_retry_check = float("inf")
+
+    # ---- loops --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, *, grace: float = 18.0) -> None:
+        """Deliver until `stop` is set, then finish in-flight work within `grace` seconds."""
+        await self.relay.subs.refresh()
+        loops = [
+            asyncio.create_task(self._guarded(self._read_loop), name="delivery-read"),
+            asyncio.create_task(self._guarded(self._retry_loop), name="delivery-retry"),
+            asyncio.create_task(self._guarded(self._reclaim_loop), name="delivery-reclaim"),
+            asyncio.create_task(self._guarded(self._maintenance_loop), name="maintenance"),
+        ]
+        log.info("worker_started", consumer=self.name)
+        await stop.wait()
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await self.drain(grace)
+        log.info("worker_stopped", consumer=self.name)
+
+    async def drain(self, grace: float) -> None:
+        """Wait for in-flight attempts; cancel what is left and hand it back to the queue."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _guarded(self, loop: Any) -> None:
+        """Keep a loop alive through Redis outages: back off and try again, never exit."""
+        delay = 0.1
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except StorageUnavailable as exc:
+                log.warning("storage_unavailable", loop=loop.__name__, error=str(exc))
+            except Exception:
+                log.exception("worker_loop_crashed", loop=loop.__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _read_loop(self) -> None:
+        block_ms = int(self.store.block_seconds * 1000)
+        while True:
+            free = await self._free_slots()
+            entries = await self.store.read_queue(self.name, min(free, 200), block_ms)
+            if entries:
+                await self.dispatch(entries)
+
+    async def _retry_loop(self) -> None:
+        while True:
+            _, head = await self.store.promote_due()
+            now = clock.now()
+            wait = IDLE_SLEEP if head is None else min(max(head - now, 0.0), IDLE_SLEEP)
+            self._next_retry_check = now + wait
+            self._wake_retries.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_retries.wait(), timeout=wait)
+
+    async def _reclaim_loop(self) -> None:
+        interval = max(min(self.settings.claim_timeout / 2, IDLE_SLEEP), 0.05)
+        min_idle = int(self.settings.claim_timeout * 1000)
+        while True:
+            await asyncio.sleep(interval)
+            entries = await self.store.reclaim(self.name, min_idle)
+            if entries:
+                log.info("deliveries_taken_over", count=len(entries))
+                await self.dispatch(entries)
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            await self.store.trim()
+            await asyncio.sleep(60)
+
+    async def _free_slots(self) -> int:
+        while len(self._tasks) >= self.concurrency:
+            self._slot_free.clear()
+            await self._slot_free.wait()
+        return self.concurrency - len(self._tasks)
+
+    # ---- one pass, for tests and the CLI ------------------------------------------------
+
+    async def run_once(self) -> int:
+        """Promote due retries, take over stale work, attempt everything queued; wait for it."""
+        await self.relay.subs.refresh()
+        await self.store.promote_due()
+        started = 0
+        entries = await self.store.reclaim(self.name, int(self.settings.claim_timeout * 1000))
+        while True:
+            if entries:
+                started += len(entries)
+                await self.dispatch(entries)
+            entries = await self.store.read_queue(self.name, 200, 0)
+            if not entries:
+                break
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        return started
+
+    # ---- attempts -----------------------------------------------------------------------
+
+    async def dispatch(self, entries: list[QueueEntry]) -> None:
+        version, loaded = await self.store.load_for_attempt(entries)
+        await self.relay.subs.refresh(version)
+        for entry, (delivery, body) in zip(entries, loaded, strict=True):
+            sub = self.relay.subs.subs.get(delivery.get("sub", "")) if delivery else None
+            if not delivery or body is None or delivery.get("st") != "pending":
+                # Expired, already settled, or queued twice: release the entry, nothing to send.
+                await self.store.finish(entry, sub_id=delivery.get("sub", "-") if delivery
+                                        else "-", outcome="cancel", attempt=None)
+                continue
+            if sub is None or sub.status is not SubscriptionStatus.ENABLED:
+                await self.store.finish(entry, sub_id=delivery["sub"], outcome="cancel",
+                                        attempt=None)
+                continue
+            if self._by_sub[sub.id] >= self.per_subscription:
+                # This subscriber is slow: park the delivery briefly instead of taking a slot
+                # every other subscriber needs. No attempt is counted.
+                await self.store.defer(entry, clock.now_ms() + 1000)
+                self._note_retry(clock.now() + 1.0)
+                continue
+            self._by_sub[sub.id] += 1
+            task = asyncio.create_task(self._attempt(entry, delivery, body, sub))
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slot_free.set()
+
+    def _note_retry(self, due: float) -> None:
+        if due < self._next_retry_check:
+            self._wake_retries.set()
+
+    async def _attempt(
+        self, entry: QueueEntry, delivery: dict[str, str], body: str, sub: Subscription
+    ) -> None:
+        try:
+            await self._attempt_inner(entry, delivery, body, sub)
+        except asyncio.CancelledError:
+            # Shutting down mid-attempt: hand the delivery back rather than wait for a takeover.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.defer(entry, clock.now_ms()))
+            raise
+        except StorageUnavailable as exc:
+            # The entry stays claimed by this consumer and is taken over after the claim timeout.
+            log.warning("delivery_not_settled", delivery_id=entry.delivery_id, error=str(exc))
+        finally:
+            self._by_sub[sub.id] -= 1
+            if self._by_sub[sub.id] <= 0:
+                del self._by_sub[sub.id]
+
+    async def _attempt_inner(
+        self, entry: QueueEntry, delivery: dict[str, str], body: str, sub: Subscription
+    ) -> None:
+        number = int(delivery.get("n", 0)) + 1
+        in_cycle = number - int(delivery.get("base", 0))
+        now = clock.now()
+        timestamp = int(now)
+        payload = body.encode()
+        keys = [secret_bytes(s) for s in sub.signing_keys(now)]
+        headers = {
+            "webhook-id": entry.event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign_webhook(entry.event_id, timestamp, payload, keys),
+            "content-type": "application/json",
+        }
+        answer = await self.outbound.post(sub.url, payload, headers, self.settings.delivery_timeout)
+        outcome = classify(answer)
+        due_ms = 0
+        if outcome == "fail":
+            delay = backoff.next_delay(in_cycle, self.settings.retry_schedule,
+                                       self.settings.retry_jitter)
+            if delay is not None and answer.status in (429, 503):
+                hinted = backoff.parse_retry_after(answer.retry_after, clock.now())
+                delay = hinted if hinted is not None else delay
+            if delay is None:
+                outcome = "dead"
+            else:
+                outcome = "retry"
+                due_ms = clock.now_ms() + int(delay * 1000)
+        attempt = {
+            "attempt": number,
+            "at": clock.iso(now),
+            "status_code": answer.status,
+            "duration_ms": answer.duration_ms,
+            "error": failure_text(answer),
+            "response_body": answer.body,
+        }
+        status = await self.store.finish(entry, sub_id=sub.id, outcome=outcome, attempt=attempt,
+                                         next_due_ms=due_ms)
+        if due_ms:
+            self._note_retry(due_ms / 1000)
+        metrics.DELIVERIES.labels(outcome).inc()
+        metrics.DELIVERY_SECONDS.observe(answer.duration_ms / 1000)
+        if outcome == "ok" and number == 1:
+            created = ULID.from_str(entry.event_id.removeprefix("evt_")).timestamp
+            metrics.END_TO_END_SECONDS.observe(max(clock.now() - created, 0.0))
+        log.info(
+            "delivery_attempt", event_id=entry.event_id, delivery_id=entry.delivery_id,
+            subscription_id=sub.id, attempt=number, status_code=answer.status,
+            duration_ms=answer.duration_ms, outcome=outcome, delivery_status=status,
+            error=attempt["error"],
+        )

@@ -1,0 +1,108 @@
+"""The one exception tree; `http_status` maps it to HTTP in a single place (web.app).
+
+    RelayError
+    ├── PermanentError            the request or input is wrong; retrying will not help
+    │   ├── InvalidJSON           400 invalid_json
+    │   ├── BadRequest            400 bad_request
+    │   ├── Unauthorized          401 unauthorized (admin API)
+    │   ├── InvalidSignature      401 invalid_signature
+    │   ├── InvalidToken          401 invalid_token
+    │   ├── NotFound              404 not_found
+    │   ├── Conflict              409 conflict
+    │   ├── PayloadTooLarge       413 payload_too_large
+    │   └── ValidationFailed      422 <code> with details
+    └── RetryableError            try again later
+        ├── StorageUnavailable    503 unavailable (Redis down, hung or out of memory)
+        └── DeliveryFailed        an attempt failed; the delivery is rescheduled
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RelayError(Exception):
+    """Root of every error relay raises on purpose."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, details: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return {"error": error}
+
+
+class PermanentError(RelayError):
+    """The input is wrong; the same request will fail again."""
+
+
+class InvalidJSON(PermanentError):
+    status, code = 400, "invalid_json"
+
+
+class BadRequest(PermanentError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(PermanentError):
+    status, code = 401, "unauthorized"
+
+
+class InvalidSignature(PermanentError):
+    status, code = 401, "invalid_signature"
+
+
+class InvalidToken(PermanentError):
+    status, code = 401, "invalid_token"
+
+
+class NotFound(PermanentError):
+    status, code = 404, "not_found"
+
+
+class Conflict(PermanentError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(PermanentError):
+    status, code = 413, "payload_too_large"
+
+
+class ValidationFailed(PermanentError):
+    """422; `code` names the rule (invalid_envelope, invalid_url, validation_error, ...)."""
+
+    status = 422
+
+    def __init__(self, code: str, message: str, *, details: list[Any] | None = None) -> None:
+        super().__init__(message, details=details if details is not None else [])
+        self.code = code
+
+
+class RetryableError(RelayError):
+    """A dependency failed; the same request may succeed later."""
+
+
+class StorageUnavailable(RetryableError):
+    status, code = 503, "unavailable"
+
+
+class DeliveryFailed(RetryableError):
+    """One delivery attempt did not get a 2xx; carries what the attempt log records."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after = retry_after

@@ -1,0 +1,567 @@
+"""The store: the only module that talks to Redis. Events, subscriptions and deliveries."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from relay import clock
+from relay.config import Settings
+from relay.errors import StorageUnavailable
+from relay.models import Subscription, SubscriptionStatus
+from relay.store import scripts
+from relay.store.keys import GROUP, Keys, retry_member
+
+__all__ = ["Page", "QueueEntry", "Store", "open_store"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Errors that mean "Redis cannot take this now", as opposed to a bug in a command.
+_UNAVAILABLE_PREFIXES = ("OOM", "MISCONF", "READONLY", "LOADING", "CLUSTERDOWN", "MASTERDOWN",
+                         "TRYAGAIN", "BUSY ")
+
+# Attempts kept per delivery; a subscriber retried for days would otherwise grow without bound.
+ATTEMPT_LOG_CAP = 50
+
+
+def _unavailable(exc: Exception) -> bool:
+    if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError):
+        return True
+    return isinstance(exc, rexc.ResponseError) and str(exc).startswith(_UNAVAILABLE_PREFIXES)
+
+
+def storage_op(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn Redis being unreachable, hung or full into StorageUnavailable (HTTP 503)."""
+
+    @wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except Exception as exc:
+            if _unavailable(exc):
+                raise StorageUnavailable(f"storage is unavailable: {type(exc).__name__}") from exc
+            raise
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A delivery handed to this worker by the queue."""
+
+    entry_id: str
+    delivery_id: str
+    event_id: str
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a newest-first listing."""
+
+    ids: list[str]
+    next_cursor: str | None
+
+
+def _encode_cursor(score: float, member: str) -> str:
+    return base64.urlsafe_b64encode(f"{score:.0f}:{member}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str] | None:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, member = raw.split(":", 1)
+        return float(score), member
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _sub_to_hash(sub: Subscription) -> dict[str, str]:
+    return {
+        "id": sub.id,
+        "url": sub.url,
+        "events": json.dumps(sub.events),
+        "providers": json.dumps(sub.providers),
+        "channels": json.dumps(sub.channels),
+        "description": json.dumps(sub.description),
+        "status": sub.status.value,
+        "disabled_reason": sub.disabled_reason or "",
+        "created_at": str(int(sub.created_at * 1000)),
+        "updated_at": str(int(sub.updated_at * 1000)),
+        "secret": sub.secret,
+        "old_secret": sub.old_secret or "",
+        "old_secret_until": str(int((sub.old_secret_until or 0) * 1000)),
+    }
+
+
+def _sub_from_hash(h: dict[str, str]) -> Subscription:
+    return Subscription(
+        id=h["id"],
+        url=h["url"],
+        events=json.loads(h["events"]),
+        providers=json.loads(h["providers"]),
+        channels=json.loads(h["channels"]),
+        description=json.loads(h["description"]),
+        status=SubscriptionStatus(h["status"]),
+        disabled_reason=h.get("disabled_reason") or None,
+        created_at=int(h["created_at"]) / 1000,
+        updated_at=int(h["updated_at"]) / 1000,
+        secret=h["secret"],
+        old_secret=h.get("old_secret") or None,
+        old_secret_until=(int(h.get("old_secret_until") or 0) / 1000) or None,
+    )
+
+
+def make_client(settings: Settings, url: str, *, socket_timeout: float = 5.0) -> aioredis.Redis:
+    """A redis-py asyncio client with bounded connections, timeouts and reconnect back-off."""
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        max_connections=settings.redis_max_connections,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=5.0,
+        health_check_interval=10,
+        # The asyncio Retry class: the sync one looks compatible and silently does not retry.
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 2),
+        retry_on_error=[rexc.ConnectionError],
+    )
+
+
+class Store:
+    """Redis-backed storage for one key prefix."""
+
+    def __init__(self, settings: Settings, url: str) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.redis = make_client(settings, url)
+        # Blocking queue reads hold their connection for the whole BLOCK; a separate client with
+        # a longer socket timeout keeps them from tripping the 5 s timeout of ordinary commands.
+        self.blocking = make_client(settings, url, socket_timeout=self.block_seconds + 10)
+        self._retention = max(1, int(settings.event_retention))
+        r = self.redis
+        self._accept = r.register_script(scripts.ACCEPT)
+        self._finish = r.register_script(scripts.FINISH)
+        self._defer = r.register_script(scripts.DEFER)
+        self._promote = r.register_script(scripts.PROMOTE)
+        self._requeue = r.register_script(scripts.REQUEUE)
+        self._cancel = r.register_script(scripts.CANCEL)
+
+    block_seconds = 30.0
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+        await self.blocking.aclose()
+
+    # ---- health -------------------------------------------------------------------------
+
+    @storage_op
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    @storage_op
+    async def server_info(self) -> dict[str, str]:
+        info = await self.redis.info("server")
+        policy = await self.redis.config_get("maxmemory-policy")
+        return {
+            "redis_version": str(info.get("redis_version", "0")),
+            "maxmemory_policy": str(policy.get("maxmemory-policy", "unknown")),
+        }
+
+    @storage_op
+    async def ensure_groups(self) -> None:
+        """Create the delivery consumer group; from entry 0 so nothing queued earlier is skipped."""
+        try:
+            await self.redis.xgroup_create(self.keys.queue, GROUP, id="0", mkstream=True)
+        except rexc.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # ---- events -------------------------------------------------------------------------
+
+    @storage_op
+    async def accept_event(
+        self,
+        *,
+        event_id: str,
+        body: bytes,
+        event_type: str,
+        provider: str,
+        subject: str,
+        dedupe_kind: str | None,
+        deliveries: list[tuple[str, str]],
+        subs_version: str,
+    ) -> tuple[int, str]:
+        """Store an event and queue its deliveries: (1, id) stored, (0, id) duplicate,
+        (2, version) when `subs_version` is stale and the caller must re-match."""
+        k = self.keys
+        keys = [
+            k.dedupe(provider, subject, dedupe_kind or "-"),
+            k.event(event_id),
+            k.events,
+            k.run_events(provider, subject),
+            k.subs_version,
+            k.queue,
+            k.deliveries,
+            k.event_deliveries(event_id),
+        ]
+        args: list[Any] = [
+            event_id, body, event_type, provider, subject, clock.now_ms(), self._retention,
+            subs_version, "1" if dedupe_kind else "0",
+        ]
+        for delivery_id, sub_id in deliveries:
+            keys += [k.delivery(delivery_id), k.sub_deliveries(sub_id)]
+            args += [delivery_id, sub_id]
+        code, value = await self._accept(keys=keys, args=args)
+        return int(code), str(value)
+
+    @storage_op
+    async def get_event(self, event_id: str) -> dict[str, str] | None:
+        h: dict[str, str] = await self.redis.hgetall(self.keys.event(event_id))
+        return h or None
+
+    @storage_op
+    async def event_delivery_ids(self, event_id: str) -> list[str]:
+        return list(await self.redis.lrange(self.keys.event_deliveries(event_id), 0, -1))
+
+    @storage_op
+    async def list_events(
+        self,
+        *,
+        provider: str | None,
+        run_id: str | None,
+        event_type: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> Page:
+        index = self.keys.events
+        if provider and run_id:
+            index = self.keys.run_events(provider, run_id)
+
+        async def keep(ids: list[str]) -> list[bool]:
+            pipe = self.redis.pipeline(transaction=False)
+            for i in ids:
+                pipe.hmget(self.keys.event(i), "type", "provider", "subject")
+            rows = await pipe.execute()
+            return [
+                row[0] is not None
+                and (event_type is None or row[0] == event_type)
+                and (provider is None or row[1] == provider)
+                and (run_id is None or row[2] == run_id)
+                for row in rows
+            ]
+
+        return await self._page(index, limit, cursor, keep)
+
+    # ---- subscriptions ------------------------------------------------------------------
+
+    @storage_op
+    async def save_subscription(self, sub: Subscription, *, new: bool = False) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.keys.sub(sub.id), mapping=_sub_to_hash(sub))
+        if new:
+            pipe.zadd(self.keys.subs, {sub.id: int(sub.created_at * 1000)})
+        pipe.incr(self.keys.subs_version)
+        await pipe.execute()
+
+    @storage_op
+    async def get_subscription(self, sub_id: str) -> Subscription | None:
+        h = await self.redis.hgetall(self.keys.sub(sub_id))
+        return _sub_from_hash(h) if h.get("id") else None
+
+    @storage_op
+    async def delete_subscription(self, sub_id: str) -> bool:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.keys.sub(sub_id))
+        pipe.zrem(self.keys.subs, sub_id)
+        pipe.incr(self.keys.subs_version)
+        deleted, _, _ = await pipe.execute()
+        return bool(deleted)
+
+    @storage_op
+    async def list_subscriptions(self, limit: int, cursor: str | None) -> Page:
+        async def keep(ids: list[str]) -> list[bool]:
+            return [True] * len(ids)
+
+        return await self._page(self.keys.subs, limit, cursor, keep)
+
+    @storage_op
+    async def load_subscriptions(self) -> tuple[str, list[Subscription]]:
+        """Every subscription and the version they were read at (read first, so a change made
+        meanwhile makes the version look stale rather than the data)."""
+        version = await self.redis.get(self.keys.subs_version) or "0"
+        ids = await self.redis.zrange(self.keys.subs, 0, -1)
+        subs = await self.get_subscriptions(ids)
+        return version, [s for s in subs.values() if s is not None]
+
+    @storage_op
+    async def get_subscriptions(self, ids: Iterable[str]) -> dict[str, Subscription | None]:
+        ids = list(dict.fromkeys(ids))
+        pipe = self.redis.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(self.keys.sub(i))
+        rows = await pipe.execute()
+        return {i: (_sub_from_hash(h) if h.get("id") else None) for i, h in zip(ids, rows, strict=True)}
+
+    @storage_op
+    async def subscriptions_version(self) -> str:
+        return str(await self.redis.get(self.keys.subs_version) or "0")
+
+    @storage_op
+    async def cancel_pending(self, sub_id: str) -> int:
+        """Cancel every pending delivery of a subscription (deleted or disabled)."""
+        k, total, now = self.keys, 0, clock.now_ms()
+        start = 0
+        while True:
+            ids = await self.redis.zrange(k.sub_deliveries(sub_id), start, start + 499)
+            if not ids:
+                return total
+            start += len(ids)
+            evs = await self.redis.eval(
+                "local o = {} for i, key in ipairs(KEYS) do o[i] = redis.call('HGET', key, 'ev')"
+                " or '' end return o", len(ids), *[k.delivery(i) for i in ids]
+            )
+            keys = [k.retry] + [k.delivery(i) for i in ids]
+            args = [now] + [retry_member(i, e) for i, e in zip(ids, evs, strict=True)]
+            total += int(await self._cancel(keys=keys, args=args))
+
+    # ---- deliveries: the queue ----------------------------------------------------------
+
+    async def _with_group(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a consumer-group command, recreating the group if Redis lost it (restart
+        without persistence answers NOGROUP; Svix workers spun forever on exactly that)."""
+        try:
+            return await call()
+        except rexc.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_groups()
+            return await call()
+
+    @storage_op
+    async def read_queue(self, consumer: str, count: int, block_ms: int) -> list[QueueEntry]:
+        """Wait up to `block_ms` for new deliveries and claim up to `count` of them."""
+
+        async def call() -> Any:
+            return await self.blocking.xreadgroup(
+                GROUP, consumer, {self.keys.queue: ">"}, count=count, block=block_ms or None
+            )
+
+        answer = await self._with_group(call)
+        return [
+            QueueEntry(entry_id, fields["d"], fields["e"])
+            for _stream, entries in (answer or [])
+            for entry_id, fields in entries
+            if fields
+        ]
+
+    @storage_op
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int = 100) -> list[QueueEntry]:
+        """Take over deliveries that a dead or stuck worker has held for `min_idle_ms`."""
+
+        async def call() -> Any:
+            return await self.redis.xautoclaim(
+                self.keys.queue, GROUP, consumer, min_idle_ms, "0-0", count=count
+            )
+
+        answer = await self._with_group(call)
+        return [QueueEntry(i, f["d"], f["e"]) for i, f in answer[1] if f]
+
+    @storage_op
+    async def load_for_attempt(
+        self, entries: list[QueueEntry]
+    ) -> tuple[str, list[tuple[dict[str, str], str | None]]]:
+        """The subscriptions version, then each entry's delivery hash and event body."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.keys.subs_version)
+        for e in entries:
+            pipe.hgetall(self.keys.delivery(e.delivery_id))
+            pipe.hget(self.keys.event(e.event_id), "body")
+        rows = await pipe.execute()
+        version = rows[0] or "0"
+        return version, [(rows[1 + 2 * i], rows[2 + 2 * i]) for i in range(len(entries))]
+
+    @storage_op
+    async def finish(
+        self,
+        entry: QueueEntry,
+        *,
+        sub_id: str,
+        outcome: str,
+        attempt: dict[str, Any] | None,
+        next_due_ms: int = 0,
+    ) -> str:
+        """Record an attempt and settle the delivery; returns its new status."""
+        k = self.keys
+        status = await self._finish(
+            keys=[k.delivery(entry.delivery_id), k.attempts(entry.delivery_id), k.queue,
+                  k.retry, k.dead, k.sub(sub_id), k.subs_version],
+            args=[entry.entry_id, retry_member(entry.delivery_id, entry.event_id), outcome,
+                  json.dumps(attempt, separators=(",", ":")) if attempt else "", clock.now_ms(), next_due_ms,
+                  self._retention, int(self.settings.disable_after * 1000), ATTEMPT_LOG_CAP],
+        )
+        return str(status)
+
+    @storage_op
+    async def defer(self, entry: QueueEntry, due_ms: int) -> None:
+        await self._defer(
+            keys=[self.keys.queue, self.keys.retry],
+            args=[entry.entry_id, retry_member(entry.delivery_id, entry.event_id), due_ms],
+        )
+
+    @storage_op
+    async def promote_due(self, limit: int = 1000) -> tuple[int, float | None]:
+        """Queue due retries; returns how many moved and when the next one is due (seconds)."""
+        moved, head = await self._promote(
+            keys=[self.keys.retry, self.keys.queue], args=[clock.now_ms(), limit]
+        )
+        return int(moved), (float(head) / 1000 if head else None)
+
+    @storage_op
+    async def requeue(self, delivery_id: str) -> str | None:
+        """Queue a delivery now with a fresh retry schedule; returns its previous status."""
+        k = self.keys
+        ev = await self.redis.hget(k.delivery(delivery_id), "ev")
+        if ev is None:
+            return None
+        previous = await self._requeue(
+            keys=[k.delivery(delivery_id), k.queue, k.retry, k.dead],
+            args=[retry_member(delivery_id, ev), clock.now_ms()],
+        )
+        return str(previous) if previous else None
+
+    # ---- deliveries: reading ------------------------------------------------------------
+
+    @storage_op
+    async def get_deliveries(self, ids: list[str]) -> list[dict[str, str] | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(self.keys.delivery(i))
+        return [row or None for row in await pipe.execute()]
+
+    @storage_op
+    async def get_attempts(self, delivery_id: str) -> list[dict[str, Any]]:
+        rows = await self.redis.lrange(self.keys.attempts(delivery_id), 0, -1)
+        return [json.loads(r) for r in rows]
+
+    @storage_op
+    async def list_deliveries(
+        self,
+        *,
+        subscription_id: str | None,
+        event_id: str | None,
+        status: str | None,
+        limit: int,
+        cursor: str | None,
+        since_ms: int | None = None,
+    ) -> Page:
+        k = self.keys
+        index = k.sub_deliveries(subscription_id) if subscription_id else k.deliveries
+
+        async def keep(ids: list[str]) -> list[bool]:
+            pipe = self.redis.pipeline(transaction=False)
+            for i in ids:
+                pipe.hmget(k.delivery(i), "st", "ev", "sub")
+            return [
+                row[0] is not None
+                and (status is None or row[0] == status)
+                and (event_id is None or row[1] == event_id)
+                and (subscription_id is None or row[2] == subscription_id)
+                for row in await pipe.execute()
+            ]
+
+        if event_id and not subscription_id:
+            ids = await self.event_delivery_ids(event_id)
+            ids.reverse()
+            flags = await keep(ids)
+            return Page([i for i, ok in zip(ids, flags, strict=True) if ok][:limit], None)
+        return await self._page(index, limit, cursor, keep, min_score=since_ms)
+
+    # ---- metrics and maintenance --------------------------------------------------------
+
+    @storage_op
+    async def depths(self) -> dict[str, int]:
+        """Queue depths for /metrics: ready or in flight, scheduled retries, dead, subs."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xlen(self.keys.queue)
+        pipe.zcard(self.keys.retry)
+        pipe.zcard(self.keys.dead)
+        pipe.zcard(self.keys.subs)
+        queued, retry, dead, subs = await pipe.execute()
+        return {"queued": queued, "scheduled_retries": retry, "dead": dead, "subscriptions": subs}
+
+    @storage_op
+    async def trim(self) -> bool:
+        """Drop index entries older than the retention, at most once a minute per deployment."""
+        if not await self.redis.set(self.keys.maintenance_lock, "1", nx=True, ex=60):
+            return False
+        cutoff = clock.now_ms() - self._retention * 1000
+        pipe = self.redis.pipeline(transaction=False)
+        for index in (self.keys.events, self.keys.deliveries, self.keys.dead):
+            pipe.zremrangebyscore(index, "-inf", cutoff)
+        for sub_id in await self.redis.zrange(self.keys.subs, 0, -1):
+            pipe.zremrangebyscore(self.keys.sub_deliveries(sub_id), "-inf", cutoff)
+        await pipe.execute()
+        return True
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    async def _page(
+        self,
+        index: str,
+        limit: int,
+        cursor: str | None,
+        keep: Callable[[list[str]], Awaitable[list[bool]]],
+        *,
+        min_score: int | None = None,
+        scan_cap: int = 2000,
+    ) -> Page:
+        """Newest-first page of `index` filtered by `keep`; scans at most `scan_cap` entries so a
+        rare filter cannot make one request walk a week of events."""
+        top: float | str = "+inf"
+        after: str | None = None
+        if cursor:
+            decoded = _decode_cursor(cursor)
+            if decoded is not None:
+                top, after = decoded[0], decoded[1]
+        bottom: float | str = "-inf" if min_score is None else min_score
+        out: list[str] = []
+        scanned = 0
+        last: tuple[float, str] | None = None
+        offset = 0
+        while len(out) < limit and scanned < scan_cap:
+            batch = await self.redis.zrevrangebyscore(
+                index, top, bottom, start=offset, num=max(limit * 2, 50), withscores=True
+            )
+            if not batch:
+                return Page(out, None)
+            offset += len(batch)
+            fresh = [(m, s) for m, s in batch
+                     if not (after is not None and s == top and m >= after)]
+            scanned += len(batch)
+            flags = await keep([m for m, _ in fresh]) if fresh else []
+            for (member, score), ok in zip(fresh, flags, strict=True):
+                last = (score, member)
+                if ok:
+                    out.append(member)
+                    if len(out) == limit:
+                        break
+        return Page(out, _encode_cursor(*last) if last else None)
+
+
+@asynccontextmanager
+async def open_store(settings: Settings, url: str) -> AsyncIterator[Store]:
+    store = Store(settings, url)
+    try:
+        yield store
+    finally:
+        await store.aclose()

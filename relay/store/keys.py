@@ -1,0 +1,55 @@
+"""Every Redis key name relay uses, in one place.
+
+All keys carry the hash tag `{<prefix>}`, so every multi-key script touches a single slot and
+relay runs unchanged on Redis Cluster; two deployments with different prefixes can share one.
+"""
+
+from __future__ import annotations
+
+GROUP = "delivery"
+
+
+class Keys:
+    """Key names under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.root = "{" + prefix + "}"
+        p = self.root
+        self.events = f"{p}:events"  # zset: event id by stored time (ms)
+        self.queue = f"{p}:q"  # stream: deliveries ready for an attempt (d=delivery, e=event)
+        self.retry = f"{p}:retry"  # zset: "delivery event" members by due time (ms)
+        self.dead = f"{p}:dead"  # zset: dead deliveries by time of death (ms)
+        self.deliveries = f"{p}:dlvs"  # zset: every delivery by creation time (ms)
+        self.subs = f"{p}:subs"  # zset: subscription id by creation time (ms)
+        self.subs_version = f"{p}:subs:ver"  # counter bumped on every subscription change
+        self.maintenance_lock = f"{p}:lock:maintenance"
+        self.workers = f"{p}:workers"  # zset: worker name by last heartbeat (ms)
+
+    def event(self, event_id: str) -> str:
+        return f"{self.root}:evt:{event_id}"
+
+    def event_deliveries(self, event_id: str) -> str:
+        return f"{self.root}:evt:{event_id}:dlvs"
+
+    def dedupe(self, provider: str, subject: str, kind: str) -> str:
+        return f"{self.root}:dd:{provider}:{subject}:{kind}"
+
+    def run_events(self, provider: str, subject: str) -> str:
+        return f"{self.root}:run:{provider}:{subject}:events"
+
+    def sub(self, sub_id: str) -> str:
+        return f"{self.root}:sub:{sub_id}"
+
+    def sub_deliveries(self, sub_id: str) -> str:
+        return f"{self.root}:sub:{sub_id}:dlvs"
+
+    def delivery(self, delivery_id: str) -> str:
+        return f"{self.root}:dlv:{delivery_id}"
+
+    def attempts(self, delivery_id: str) -> str:
+        return f"{self.root}:dlv:{delivery_id}:att"
+
+
+def retry_member(delivery_id: str, event_id: str) -> str:
+    """A retry-set member carries the event id so promotion can queue without a lookup."""
+    return f"{delivery_id} {event_id}"

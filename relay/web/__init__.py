@@ -1,0 +1,1 @@
+"""HTTP surface: inbound callbacks, the admin API, operations endpoints."""

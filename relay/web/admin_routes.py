@@ -1,0 +1,204 @@
+"""The admin API (CONTRACT 4.2): subscriptions, callback URLs, events and deliveries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from relay import clock
+from relay.errors import ValidationFailed
+from relay.models import DeliveryStatus
+from relay.web import validate as v
+from relay.web.app import admin, state_of
+
+_SUB_FIELDS = {"url", "events", "providers", "channels", "description", "enabled"}
+
+
+def _subscription_spec(doc: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+    problems = v.Problems()
+    spec: dict[str, Any] = {}
+    url = v.string(doc, "url", problems, required=not partial)
+    if url is not None:
+        spec["url"] = url
+    for name in ("events", "providers", "channels"):
+        if name in doc:
+            spec[name] = v.string_list(doc, name, problems, nullable=name != "events")
+    if "description" in doc:
+        spec["description"] = v.string(doc, "description", problems, max_len=1000, nullable=True)
+    enabled = v.boolean(doc, "enabled", problems)
+    if enabled is not None:
+        spec["enabled"] = enabled
+    problems.raise_if_any()
+    return spec
+
+
+@admin
+async def create_subscription(request: Request) -> Response:
+    doc = await v.json_body(request, allowed=_SUB_FIELDS)
+    sub, secret = await state_of(request).relay.create_subscription(
+        _subscription_spec(doc, partial=False))
+    return JSONResponse({**sub.public(), "secret": secret}, status_code=201)
+
+
+@admin
+async def list_subscriptions(request: Request) -> Response:
+    limit, cursor = v.paging(request)
+    state = state_of(request)
+    page = await state.store.list_subscriptions(limit, cursor)
+    subs = await state.store.get_subscriptions(page.ids)
+    return JSONResponse({"data": [s.public() for s in subs.values() if s is not None],
+                         "next_cursor": page.next_cursor})
+
+
+@admin
+async def show_subscription(request: Request) -> Response:
+    sub = await state_of(request).relay.subscription(request.path_params["id"])
+    return JSONResponse(sub.public())
+
+
+@admin
+async def update_subscription(request: Request) -> Response:
+    doc = await v.json_body(request, allowed=_SUB_FIELDS)
+    sub = await state_of(request).relay.update_subscription(
+        request.path_params["id"], _subscription_spec(doc, partial=True))
+    return JSONResponse(sub.public())
+
+
+@admin
+async def delete_subscription(request: Request) -> Response:
+    await state_of(request).relay.delete_subscription(request.path_params["id"])
+    return Response(status_code=204)
+
+
+@admin
+async def subscription_secret(request: Request) -> Response:
+    sub = await state_of(request).relay.subscription(request.path_params["id"])
+    return JSONResponse({"secret": sub.secret})
+
+
+@admin
+async def rotate_secret(request: Request) -> Response:
+    state = state_of(request)
+    secret = await state.relay.rotate_secret(request.path_params["id"])
+    grace = state.settings.rotation_grace
+    return JSONResponse({
+        "secret": secret,
+        "previous_secret_expires_at": clock.iso(clock.now() + grace) if grace else None,
+    })
+
+
+@admin
+async def test_subscription(request: Request) -> Response:
+    event_id, delivery_id = await state_of(request).relay.send_test(request.path_params["id"])
+    return JSONResponse({"event_id": event_id, "delivery_id": delivery_id}, status_code=202)
+
+
+@admin
+async def recover_subscription(request: Request) -> Response:
+    doc = await v.json_body(request, allowed={"since"})
+    problems = v.Problems()
+    since = v.timestamp(doc, "since", problems)
+    problems.raise_if_any()
+    assert since is not None
+    count = await state_of(request).relay.recover(request.path_params["id"], since)
+    return JSONResponse({"requeued": count})
+
+
+@admin
+async def mint_callback_url(request: Request) -> Response:
+    doc = await v.json_body(request, allowed={"provider", "channels", "metadata", "technique_id"})
+    problems = v.Problems()
+    provider = v.string(doc, "provider", problems, required=True)
+    if provider is not None and provider not in ("runflow", "flora"):
+        problems.add("provider", "must be runflow or flora")
+    channels = v.string_list(doc, "channels", problems)
+    technique = v.string(doc, "technique_id", problems, max_len=256)
+    problems.raise_if_any()
+    claims: dict[str, Any] = {"p": provider}
+    if channels:
+        claims["c"] = channels
+    if doc.get("metadata") is not None:
+        claims["m"] = doc["metadata"]
+    if technique:
+        claims["t"] = technique
+    state = state_of(request)
+    token = state.signer.dumps(claims)
+    return JSONResponse({"url": f"{state.settings.public_url}/callbacks/{provider}/{token}"})
+
+
+@admin
+async def list_events(request: Request) -> Response:
+    limit, cursor = v.paging(request)
+    state = state_of(request)
+    q = request.query_params
+    page = await state.store.list_events(
+        provider=q.get("provider") or None, run_id=q.get("run_id") or None,
+        event_type=q.get("type") or None, limit=limit, cursor=cursor)
+    return JSONResponse({"data": await state.relay.event_summaries(page),
+                         "next_cursor": page.next_cursor})
+
+
+@admin
+async def show_event(request: Request) -> Response:
+    return JSONResponse(await state_of(request).relay.event_view(request.path_params["id"]))
+
+
+@admin
+async def redeliver_event(request: Request) -> Response:
+    doc = await v.json_body(request, allowed={"subscription_ids"}, optional=True)
+    problems = v.Problems()
+    sub_ids = v.string_list(doc, "subscription_ids", problems)
+    problems.raise_if_any()
+    created = await state_of(request).relay.redeliver(request.path_params["id"], sub_ids)
+    return JSONResponse({"deliveries": created}, status_code=202)
+
+
+@admin
+async def list_deliveries(request: Request) -> Response:
+    limit, cursor = v.paging(request)
+    q = request.query_params
+    status = q.get("status") or None
+    if status is not None and status not in {s.value for s in DeliveryStatus}:
+        raise ValidationFailed("validation_error", "unknown delivery status", details=[
+            {"field": "status", "problem": "must be pending, succeeded, dead or cancelled"}])
+    state = state_of(request)
+    page = await state.store.list_deliveries(
+        subscription_id=q.get("subscription_id") or None, event_id=q.get("event_id") or None,
+        status=status, limit=limit, cursor=cursor)
+    views = await state.relay.delivery_views(page.ids)
+    return JSONResponse({"data": [d for d in views if d is not None],
+                         "next_cursor": page.next_cursor})
+
+
+@admin
+async def show_delivery(request: Request) -> Response:
+    return JSONResponse(await state_of(request).relay.delivery_view(request.path_params["id"]))
+
+
+@admin
+async def retry_delivery(request: Request) -> Response:
+    view = await state_of(request).relay.retry_delivery(request.path_params["id"])
+    return JSONResponse(view, status_code=202)
+
+
+routes = [
+    Route("/v1/subscriptions", create_subscription, methods=["POST"]),
+    Route("/v1/subscriptions", list_subscriptions, methods=["GET"]),
+    Route("/v1/subscriptions/{id}", show_subscription, methods=["GET"]),
+    Route("/v1/subscriptions/{id}", update_subscription, methods=["PATCH"]),
+    Route("/v1/subscriptions/{id}", delete_subscription, methods=["DELETE"]),
+    Route("/v1/subscriptions/{id}/secret", subscription_secret, methods=["GET"]),
+    Route("/v1/subscriptions/{id}/rotate-secret", rotate_secret, methods=["POST"]),
+    Route("/v1/subscriptions/{id}/test", test_subscription, methods=["POST"]),
+    Route("/v1/subscriptions/{id}/recover", recover_subscription, methods=["POST"]),
+    Route("/v1/callback-urls", mint_callback_url, methods=["POST"]),
+    Route("/v1/events", list_events, methods=["GET"]),
+    Route("/v1/events/{id}", show_event, methods=["GET"]),
+    Route("/v1/events/{id}/redeliver", redeliver_event, methods=["POST"]),
+    Route("/v1/deliveries", list_deliveries, methods=["GET"]),
+    Route("/v1/deliveries/{id}", show_delivery, methods=["GET"]),
+    Route("/v1/deliveries/{id}/retry", retry_delivery, methods=["POST"]),
+]

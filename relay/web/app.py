@@ -1,0 +1,197 @@
+"""The Starlette application: lifespan-owned resources, routes, and the one error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from relay import metrics
+from relay.config import Settings
+from relay.errors import PayloadTooLarge, RelayError, StorageUnavailable, Unauthorized
+from relay.outbound import Outbound
+from relay.providers import CallbackProvider, callback_providers
+from relay.service import Relay
+from relay.signing import TokenSigner
+from relay.store import Store
+
+log = structlog.get_logger("relay.web")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass
+class AppState:
+    """What the lifespan opens and every handler reads from `request.app.state.relay`."""
+
+    settings: Settings
+    store: Store
+    relay: Relay
+    providers: dict[str, CallbackProvider]
+    signer: TokenSigner
+
+
+def state_of(request: Request) -> AppState:
+    st: AppState = request.app.state.relay
+    return st
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """The raw body, refused with 413 as soon as it passes `cap` (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise PayloadTooLarge(f"the body is larger than {cap} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise PayloadTooLarge(f"the body is larger than {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def admin(handler: Handler) -> Handler:
+    """Require `Authorization: Bearer <one of RELAY_API_KEYS>`, compared in constant time."""
+
+    async def wrapped(request: Request) -> Response:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        keys = state_of(request).settings.api_keys
+        ok = False
+        if scheme.lower() == "bearer" and token:
+            for key in keys:
+                ok |= hmac.compare_digest(key.reveal().encode(), token.strip().encode())
+        if not ok:
+            raise Unauthorized("a valid API key is required: Authorization: Bearer <key>")
+        return await handler(request)
+
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+async def relay_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RelayError)
+    if isinstance(exc, StorageUnavailable):
+        metrics.STORAGE_ERRORS.inc()
+        log.warning("storage_unavailable", path=request.url.path, error=exc.message)
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "bad_request")
+    return JSONResponse({"error": {"code": code, "message": str(exc.detail)}},
+                        status_code=exc.status_code, headers=exc.headers)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled_error", path=request.url.path)
+    return JSONResponse({"error": {"code": "internal_error", "message": "internal error"}},
+                        status_code=500)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+async def readyz(request: Request) -> Response:
+    try:
+        async with asyncio.timeout(1.5):
+            await state_of(request).store.ping()
+    except (StorageUnavailable, TimeoutError):
+        return JSONResponse({"error": {"code": "unavailable", "message": "Redis does not answer"}},
+                            status_code=503)
+    return JSONResponse({"ok": True})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    with contextlib.suppress(StorageUnavailable, TimeoutError):
+        async with asyncio.timeout(1.5):
+            depths = await state_of(request).store.depths()
+        metrics.QUEUE_DEPTH.labels("queued").set(depths["queued"])
+        metrics.QUEUE_DEPTH.labels("scheduled_retries").set(depths["scheduled_retries"])
+        metrics.QUEUE_DEPTH.labels("dead").set(depths["dead"])
+        metrics.SUBSCRIPTIONS.set(depths["subscriptions"])
+    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+Background = Callable[[AppState, asyncio.Event], Awaitable[None]]
+
+
+def create_app(
+    settings: Settings,
+    redis_url: str,
+    *,
+    background: list[Background] | None = None,
+) -> Starlette:
+    """The HTTP app; `background` tasks (the workers of `relay serve`) share its lifespan."""
+    from relay.web import admin_routes, callbacks, openapi
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = Store(settings, redis_url)
+        relay = Relay(settings, store)
+        try:
+            await store.ensure_groups()
+            await relay.subs.refresh()
+        except StorageUnavailable as exc:
+            # Start anyway: /readyz says 503 and ingest answers 503 until Redis is back.
+            log.warning("storage_unavailable_at_start", error=exc.message)
+        state = AppState(settings, store, relay, callback_providers(settings),
+                         TokenSigner(settings.secret_key.reveal() if settings.secret_key else ""))
+        app.state.relay = state
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(job(state, stop)) for job in background or []]
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await store.aclose()
+
+    routes = [
+        *callbacks.routes,
+        *admin_routes.routes,
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi.endpoint, methods=["GET"]),
+    ]
+    handlers: dict[Any, Any] = {
+        RelayError: relay_error,
+        HTTPException: http_error,
+        Exception: unexpected_error,
+    }
+    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+
+
+def delivery_background(outbound_limit: int = 512) -> Background:
+    """The delivery worker as a task of the web process (`relay serve`)."""
+
+    async def run(state: AppState, stop: asyncio.Event) -> None:
+        from relay.delivery import DeliveryWorker
+
+        outbound = Outbound(allow_private=state.settings.allow_private_targets,
+                            limit=outbound_limit)
+        try:
+            await DeliveryWorker(state.relay, outbound).run(stop)
+        finally:
+            await outbound.aclose()
+
+    return run
