@@ -1,0 +1,91 @@
+"""Shared fixtures: one real redis-server per session, a fresh key prefix per test."""
+
+from __future__ import annotations
+
+import inspect
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from relay.config import Settings
+from relay.service import Relay
+from relay.store import Store
+from tests.helpers import API_KEY, RUNFLOW_SECRET, SECRET_KEY, RedisServer, Subscriber
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.add_marker(pytest.mark.anyio)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free port, never the shared 6379."""
+    server = RedisServer(appendonly=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """Every test gets its own key prefix, so tests never see each other's data."""
+    return "t" + secrets.token_hex(4)
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, prefix: str) -> Settings:
+    return Settings.from_env({
+        "REDIS_URL": redis_server.url,
+        "RELAY_KEY_PREFIX": prefix,
+        "RELAY_SECRET_KEY": SECRET_KEY,
+        "RELAY_API_KEYS": API_KEY,
+        "RUNFLOW_CALLBACK_SECRETS": RUNFLOW_SECRET,
+        "RELAY_ALLOW_PRIVATE_TARGETS": "true",
+        "RELAY_RETRY_SCHEDULE": "0.2,0.4",
+        "RELAY_RETRY_JITTER": "0",
+        "RELAY_DELIVERY_TIMEOUT": "2",
+        "RELAY_CLAIM_TIMEOUT": "1",
+        "RELAY_LOG_FORMAT": "json",
+    })
+
+
+@pytest.fixture
+async def store(settings: Settings, redis_server: RedisServer) -> AsyncIterator[Store]:
+    s = Store(settings, redis_server.url)
+    await s.ensure_groups()
+    yield s
+    await s.aclose()
+
+
+@pytest.fixture
+async def relay(settings: Settings, store: Store) -> Relay:
+    r = Relay(settings, store)
+    await r.subs.refresh()
+    return r
+
+
+@pytest.fixture
+async def client(settings: Settings, redis_server: RedisServer) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process (ASGI) with its lifespan running, for API-level tests."""
+    from relay.web.app import create_app
+
+    app = create_app(settings, redis_server.url)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://relay") as c:
+            yield c
+
+
+@pytest.fixture
+def subscriber() -> Iterator[Subscriber]:
+    sub = Subscriber().start()
+    yield sub
+    sub.stop()
