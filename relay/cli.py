@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -64,6 +64,23 @@ def embedded_settings(settings: Settings) -> Settings:
     return settings.with_overrides(**changes) if changes else settings
 
 
+def _quiet_server(config: Any) -> Any:
+    """uvicorn's Server, exiting 0 after a graceful SIGTERM instead of re-raising the signal."""
+    import contextlib
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            yield
+
+    return Server(config)
+
+
 async def serve_http(settings: Settings, url: str, *, host: str, with_workers: bool) -> None:
     import uvicorn
 
@@ -77,7 +94,7 @@ async def serve_http(settings: Settings, url: str, *, host: str, with_workers: b
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE), timeout_keep_alive=75,
         backlog=4096,
     )
-    await uvicorn.Server(config).serve()
+    await _quiet_server(config).serve()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -79,7 +79,6 @@ class DeliveryWorker:
 
     async def run(self, stop: asyncio.Event, *, grace: float = 18.0) -> None:
         """Deliver until `stop` is set, then finish in-flight work within `grace` seconds."""
-        await self.relay.subs.refresh()
         loops = [
             asyncio.create_task(self._guarded(self._read_loop), name="delivery-read"),
             asyncio.create_task(self._guarded(self._retry_loop), name="delivery-retry"),
@@ -270,6 +269,10 @@ class DeliveryWorker:
                                          next_due_ms=due_ms)
         if due_ms:
             self._note_retry(due_ms / 1000)
+        if status == "cancelled" and outcome != "cancel":
+            # The subscription was just disabled (410, or failing too long): cancel the rest now
+            # rather than leave them pending until each comes due.
+            await self.store.cancel_pending(sub.id)
         metrics.DELIVERIES.labels(outcome).inc()
         metrics.DELIVERY_SECONDS.observe(answer.duration_ms / 1000)
         if outcome == "ok" and number == 1:

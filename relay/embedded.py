@@ -8,7 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -32,27 +32,30 @@ def redis_binary() -> str:
         ) from None
 
 
-@contextlib.asynccontextmanager
-async def embedded_redis(data_dir: Path) -> AsyncIterator[str]:
-    """Run redis-server on a Unix socket under `data_dir` (append-only file on); yield its URL."""
+def _spawn(data_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     socket_path = data_dir / "redis.sock"
-    if socket_path.exists():
-        socket_path.unlink()
-    binary = redis_binary()
+    socket_path.unlink(missing_ok=True)
     args = [
-        binary, "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
-        "--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
-        "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
-        "--logfile", str(data_dir / "redis.log"),
+        redis_binary(), "--port", "0", "--unixsocket", str(socket_path),
+        "--unixsocketperm", "700", "--dir", str(data_dir), "--appendonly", "yes",
+        "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction",
+        "--daemonize", "no", "--logfile", str(data_dir / "redis.log"),
     ]
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+    return proc, socket_path
+
+
+@contextlib.asynccontextmanager
+async def embedded_redis(data_dir: Path) -> AsyncIterator[str]:
+    """Run redis-server on a Unix socket under `data_dir` (append-only file on); yield its URL."""
+    proc, socket_path = _spawn(data_dir)
     url = f"unix://{socket_path}"
     try:
         await _wait_ready(url, proc)
-        log.info("embedded_store_started", binary=binary, data_dir=str(data_dir), pid=proc.pid)
+        log.info("embedded_store_started", socket=str(socket_path), pid=proc.pid)
         yield url
     finally:
         if proc.poll() is None:
@@ -81,7 +84,7 @@ async def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
         await client.aclose()
 
 
-def local_secret(data_dir: Path, name: str, make: callable) -> tuple[str, bool]:  # type: ignore[valid-type]
+def local_secret(data_dir: Path, name: str, make: Callable[[], str]) -> tuple[str, bool]:
     """A secret kept in `data_dir/name`, created on first use; returns (value, created)."""
     path = data_dir / name
     if path.exists():

@@ -73,7 +73,7 @@ async def resolve(host: str, port: int, *, allow_private: bool) -> list[IPAddres
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:
             raise BlockedAddress(f"{host} does not resolve: {exc}") from None
-        addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
         if not addresses:
             raise BlockedAddress(f"{host} does not resolve")
     for address in addresses:

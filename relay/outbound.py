@@ -81,11 +81,12 @@ class Outbound:
     async def aclose(self) -> None:
         await self.session.close()
 
-    async def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
+    async def post(self, url: str, body: bytes, headers: dict[str, str], deadline: float
+                   ) -> Answer:
         """POST with a deadline covering connect to last byte; never follows redirects."""
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(deadline):
                 async with self.session.post(
                     url, data=body, headers=headers, allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=None),
@@ -99,7 +100,7 @@ class Outbound:
                         retry_after=resp.headers.get("retry-after"),
                     )
         except TimeoutError:
-            return Answer(None, "", _ms(started), f"timed out after {timeout:g}s", None)
+            return Answer(None, "", _ms(started), f"timed out after {deadline:g}s", None)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return Answer(None, "", _ms(started), _describe(exc), None)
 

@@ -163,7 +163,8 @@ class Relay:
             if changes["enabled"]:
                 sub.status, sub.disabled_reason = SubscriptionStatus.ENABLED, None
             elif sub.status is SubscriptionStatus.ENABLED:
-                sub.status, sub.disabled_reason = SubscriptionStatus.DISABLED, "disabled by an operator"
+                sub.status = SubscriptionStatus.DISABLED
+                sub.disabled_reason = "disabled by an operator"
                 disabling = True
         sub.updated_at = clock.now()
         await self.store.save_subscription(sub)

@@ -57,7 +57,7 @@ class TokenSigner:
         return str(self._serializer.dumps(claims))
 
     def loads(self, token: str, *, provider: str) -> dict[str, Any]:
-        """The token's claims; InvalidToken when forged, malformed or minted for another provider."""
+        """The token's claims; InvalidToken when forged, malformed or for another provider."""
         try:
             claims = self._serializer.loads(token)
         except (BadSignature, UnicodeDecodeError, ValueError):

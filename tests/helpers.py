@@ -231,7 +231,7 @@ class Subscriber:
 
     def start(self) -> Subscriber:
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None,
-                                access_log=False, lifespan="off", loop="asyncio",
+                                access_log=False, lifespan="off", loop="asyncio", interface="asgi3",
                                 timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)

@@ -50,6 +50,10 @@ class CallbackProvider(Protocol):
 
     name: str
 
+    @property
+    def has_secrets(self) -> bool:
+        """True when signing secrets are configured (a token alone then does not suffice)."""
+
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
         """Raise InvalidSignature unless the request is authentic."""
 

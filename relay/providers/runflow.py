@@ -72,10 +72,13 @@ class Runflow:
         if not isinstance(batch_id, str) or not batch_id:
             batch_id = None
         if run_id is None and batch_id is None:
-            problems.append({"field": "run_id", "problem": "a non-empty string run_id or batch_id is required"})
+            problems.append({"field": "run_id",
+                             "problem": "a non-empty string run_id or batch_id is required"})
         event, status = self._event_and_status(doc, batch=run_id is None, problems=problems)
         duration = doc.get("duration_ms")
-        if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int | float)):
+        if duration is not None and (
+            isinstance(duration, bool) or not isinstance(duration, int | float)
+        ):
             problems.append({"field": "duration_ms", "problem": "must be a number or null"})
         for name in ("created_at", "completed_at"):
             if doc.get(name) is not None and not isinstance(doc[name], str):
@@ -119,13 +122,15 @@ class Runflow:
             event = _EVENT_ALIASES.get(event, event)
         if event is None and status is None:
             if not problems:
-                problems.append({"field": "event", "problem": "one of event and status is required"})
+                problems.append({"field": "event",
+                                 "problem": "one of event and status is required"})
             return None, None
         if batch:
             if event is None:
                 event = "batch." + ("cancelled" if status == "canceled" else str(status))
             elif not event.startswith("batch.") or len(event) == len("batch."):
-                problems.append({"field": "event", "problem": "a batch envelope has a batch.* event"})
+                problems.append({"field": "event",
+                                 "problem": "a batch envelope has a batch.* event"})
             if status is None:
                 tail = event.removeprefix("batch.")
                 status = "canceled" if tail == "cancelled" else tail

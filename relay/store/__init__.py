@@ -143,10 +143,12 @@ class Store:
     def __init__(self, settings: Settings, url: str) -> None:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self.redis = make_client(settings, url)
+        # Typed Any on purpose: redis-py's annotations cannot express decode_responses=True, so
+        # every reply would be typed bytes | str although this client only ever returns str.
+        self.redis: Any = make_client(settings, url)
         # Blocking queue reads hold their connection for the whole BLOCK; a separate client with
         # a longer socket timeout keeps them from tripping the 5 s timeout of ordinary commands.
-        self.blocking = make_client(settings, url, socket_timeout=self.block_seconds + 10)
+        self.blocking: Any = make_client(settings, url, socket_timeout=self.block_seconds + 10)
         self._retention = max(1, int(settings.event_retention))
         r = self.redis
         self._accept = r.register_script(scripts.ACCEPT)
@@ -310,7 +312,8 @@ class Store:
         for i in ids:
             pipe.hgetall(self.keys.sub(i))
         rows = await pipe.execute()
-        return {i: (_sub_from_hash(h) if h.get("id") else None) for i, h in zip(ids, rows, strict=True)}
+        return {i: (_sub_from_hash(h) if h.get("id") else None)
+                for i, h in zip(ids, rows, strict=True)}
 
     @storage_op
     async def subscriptions_version(self) -> str:
@@ -406,8 +409,9 @@ class Store:
             keys=[k.delivery(entry.delivery_id), k.attempts(entry.delivery_id), k.queue,
                   k.retry, k.dead, k.sub(sub_id), k.subs_version],
             args=[entry.entry_id, retry_member(entry.delivery_id, entry.event_id), outcome,
-                  json.dumps(attempt, separators=(",", ":")) if attempt else "", clock.now_ms(), next_due_ms,
-                  self._retention, int(self.settings.disable_after * 1000), ATTEMPT_LOG_CAP],
+                  json.dumps(attempt, separators=(",", ":")) if attempt else "", clock.now_ms(),
+                  next_due_ms, self._retention, int(self.settings.disable_after * 1000),
+                  ATTEMPT_LOG_CAP],
         )
         return str(status)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,7 +131,7 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-Background = Callable[[AppState, asyncio.Event], Awaitable[None]]
+Background = Callable[[AppState, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 def create_app(

@@ -29,7 +29,7 @@ async def callback(request: Request) -> Response:
         if token is not None:
             claims = state.signer.loads(token, provider=provider_name)
             # A token alone authenticates only when no signing secret is configured.
-            if getattr(provider, "has_secrets", True):
+            if provider.has_secrets:
                 provider.verify(request.headers, body)
         else:
             provider.verify(request.headers, body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -9,10 +10,431 @@ from starlette.responses import JSONResponse, Response
 
 from relay import __version__
 
+Doc = dict[str, Any]
+JSON = "application/json"
+
+# ---- schema helpers ---------------------------------------------------------------------
+
+
+def ref(name: str) -> Doc:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def typ(kind: str, *, null: bool = False, **extra: Any) -> Doc:
+    """A typed schema; `null=True` also admits null (OpenAPI 3.1 type arrays)."""
+    return {"type": [kind, "null"] if null else kind, **extra}
+
+
+def obj(props: dict[str, Doc], *, required: tuple[str, ...] | None = None, closed: bool = False,
+        **extra: Any) -> Doc:
+    """An object; every property is required unless `required` names the ones that are."""
+    names = list(props) if required is None else list(required)
+    doc: Doc = {"type": "object", "properties": props, **extra}
+    if names:
+        doc["required"] = names
+    if closed:
+        doc["additionalProperties"] = False
+    return doc
+
+
+def array(items: Doc, *, null: bool = False, **extra: Any) -> Doc:
+    return typ("array", null=null, items=items, **extra)
+
+
+def page(item: str) -> Doc:
+    cursor = typ("string", null=True, description="`?cursor=` of the next page; null at the end.")
+    return obj({"data": array(ref(item)), "next_cursor": cursor})
+
+
+def extend(base: str, props: dict[str, Doc]) -> Doc:
+    return {"allOf": [ref(base), obj(props)]}
+
+
+STR = typ("string")
+TIME = typ("string", format="date-time", description="ISO 8601 UTC, `+00:00`")
+TIME_OR_NULL = typ("string", null=True, format="date-time")
+ANY: Doc = {"description": "Any JSON value."}
+NAME = typ("string", minLength=1, maxLength=256)
+PATTERNS = array(NAME, minItems=1, maxItems=100, description="Glob patterns.")
+PATTERNS_OR_NULL = array(NAME, null=True, minItems=1, maxItems=100,
+                         description="Glob patterns; null means no filter.")
+CHANNELS = array(NAME, minItems=1, maxItems=100)
+PROVIDERS = ["betterprompt", "flora", "runflow"]
+
+SCHEMAS: dict[str, Doc] = {
+    "Problem": obj({"field": STR, "problem": STR}),
+    "Error": obj({"error": obj({
+        "code": typ("string", pattern="^[a-z_]+$"),
+        "message": typ("string", description="Human-readable."),
+        "details": array(ref("Problem"), description="Present on 422 answers."),
+    }, required=("code", "message"))}),
+    "OutputItem": obj({
+        "type": typ("string", enum=["image", "video", "audio", "text", "document"]),
+        "url": typ("string", format="uri"),
+        "expires_at": TIME,
+        "text": STR,
+    }, required=("type",)),
+    "RunError": obj({"code": typ("string", null=True), "message": typ("string", null=True),
+                     "stage": typ("string", null=True)}),
+    "Event": obj({
+        "id": typ("string", pattern="^evt_", description="Also the `webhook-id` header."),
+        "event": typ("string", examples=["run.completed", "run.failed", "run.cancelled",
+                                         "run.partial_succeeded", "run.updated", "run.expired",
+                                         "relay.test", "batch.completed"]),
+        "provider": typ("string", examples=[*PROVIDERS, "relay"]),
+        "run_id": typ("string", null=True),
+        "batch_id": typ("string", description="Runflow `batch.*` events only."),
+        "status": typ("string", null=True, examples=["succeeded", "failed", "canceled"]),
+        "output": {"description": "Runflow's `output` as received; for synthesized events "
+                                  "`{outputs: [OutputItem]}`; null when failed or cancelled.",
+                   "anyOf": [obj({"outputs": array(ref("OutputItem"))}), {}]},
+        "error": {"anyOf": [ref("RunError"), {"type": "null"}]},
+        "duration_ms": typ("integer", null=True),
+        "created_at": TIME_OR_NULL,
+        "completed_at": TIME_OR_NULL,
+        "metadata": ANY,
+        "channels": array(STR),
+        "source": typ("string", enum=["callback", "poll", "relay"]),
+        "observed_at": TIME,
+        "provider_payload": {"description": "The provider's own JSON, untouched."},
+    }, required=("id", "event", "provider", "run_id", "status", "output", "error",
+                 "duration_ms", "created_at", "completed_at", "metadata", "channels",
+                 "source", "observed_at", "provider_payload"),
+        description="The envelope delivered to subscribers (CONTRACT section 5)."),
+    "EventWithDeliveries": extend("Event", {"deliveries": array(ref("Delivery"))}),
+    "EventPage": page("Event"),
+    "RunflowEnvelope": obj({
+        "event": STR, "run_id": STR, "batch_id": STR,
+        "status": typ("string", examples=["succeeded", "failed", "canceled", "cancelled"]),
+        "output": ANY, "duration_ms": typ("number", null=True),
+        "created_at": typ("string", null=True), "completed_at": typ("string", null=True),
+        "metadata": ANY,
+    }, required=(), description="Needs `run_id` or `batch_id`, and `event` or `status`."),
+    "FloraCallback": obj({
+        "id": STR,
+        "type": typ("string", enum=["run.completed", "run.failed"]),
+        "created_at": typ("integer", description="Unix milliseconds."),
+        "data": obj({"run_id": STR, "status": STR, "error_code": typ("string", null=True),
+                     "error_message": typ("string", null=True)}, required=("run_id", "status")),
+    }),
+    "CallbackAccepted": obj({"ok": typ("boolean", const=True), "event_id": STR,
+                             "duplicate": typ("boolean")}),
+    "SubscriptionInput": obj({
+        "url": typ("string", format="uri", maxLength=2048),
+        "events": {**PATTERNS, "default": ["*"]},
+        "providers": PATTERNS_OR_NULL,
+        "channels": PATTERNS_OR_NULL,
+        "description": typ("string", null=True, maxLength=1000),
+        "enabled": typ("boolean", default=True),
+    }, required=("url",), closed=True),
+    "SubscriptionPatch": obj({
+        "url": typ("string", format="uri", maxLength=2048), "events": PATTERNS,
+        "providers": PATTERNS_OR_NULL, "channels": PATTERNS_OR_NULL,
+        "description": typ("string", null=True, maxLength=1000), "enabled": typ("boolean"),
+    }, required=(), closed=True),
+    "Subscription": obj({
+        "id": typ("string", pattern="^sub_"),
+        "url": typ("string", format="uri"),
+        "events": array(STR), "providers": array(STR, null=True),
+        "channels": array(STR, null=True), "description": typ("string", null=True),
+        "enabled": typ("boolean"),
+        "status": typ("string", enum=["enabled", "disabled"]),
+        "disabled_reason": typ("string", null=True),
+        "created_at": TIME, "updated_at": TIME,
+    }),
+    "SubscriptionCreated": extend("Subscription", {"secret": ref("Secret")}),
+    "SubscriptionPage": page("Subscription"),
+    "Secret": typ("string", pattern="^whsec_", description="`whsec_` + base64 of 32 bytes."),
+    "SecretView": obj({"secret": ref("Secret")}),
+    "RotatedSecret": obj({"secret": ref("Secret"), "previous_secret_expires_at": TIME_OR_NULL}),
+    "TestSent": obj({"event_id": STR, "delivery_id": STR}),
+    "RecoverRequest": obj({"since": {"description": "ISO 8601 or Unix seconds.",
+                                     "anyOf": [STR, typ("number")]}}, closed=True),
+    "Recovered": obj({"requeued": typ("integer", minimum=0)}),
+    "CallbackUrlRequest": obj({
+        "provider": typ("string", enum=["runflow", "flora"]),
+        "channels": CHANNELS, "metadata": ANY,
+        "technique_id": typ("string", minLength=1, maxLength=256),
+    }, required=("provider",), closed=True),
+    "CallbackUrl": obj({"url": typ("string", format="uri")}),
+    "RedeliverRequest": obj({"subscription_ids": {
+        **CHANNELS, "description": "Default: every subscription that matches the event now."}},
+        required=(), closed=True),
+    "Redelivered": obj({"deliveries": array(STR, description="The new delivery ids.")}),
+    "Delivery": obj({
+        "id": STR, "event_id": STR, "subscription_id": STR,
+        "status": typ("string", enum=["pending", "succeeded", "dead", "cancelled"]),
+        "attempts_made": typ("integer", minimum=0),
+        "next_attempt_at": TIME_OR_NULL, "created_at": TIME, "updated_at": TIME,
+    }),
+    "Attempt": obj({
+        "attempt": typ("integer", minimum=1), "at": TIME,
+        "status_code": typ("integer", null=True), "duration_ms": typ("integer"),
+        "error": typ("string", null=True),
+        "response_body": typ("string", null=True, description="The first 4 KiB."),
+    }),
+    "DeliveryWithAttempts": extend("Delivery", {"attempts": array(ref("Attempt"))}),
+    "DeliveryPage": page("Delivery"),
+    "TrackRunRequest": obj({
+        "provider": typ("string", enum=PROVIDERS), "run_id": NAME,
+        "technique_id": typ("string", description="Required for `flora`."),
+        "channels": CHANNELS, "metadata": ANY,
+    }, required=("provider", "run_id"), closed=True),
+    "TrackedRun": obj({
+        "provider": typ("string", enum=PROVIDERS), "run_id": STR,
+        "status": typ("string", null=True), "state": typ("string", enum=["active", "finished"]),
+        "tracked_since": TIME, "last_polled_at": TIME_OR_NULL, "next_poll_at": TIME_OR_NULL,
+        "polls": typ("integer", minimum=0), "events": array(STR, description="Event ids."),
+    }),
+    "TrackedRunPage": page("TrackedRun"),
+    "Ok": obj({"ok": typ("boolean", const=True)}),
+}
+
+# ---- responses and parameters -----------------------------------------------------------
+
+ERRORS: dict[str, tuple[int, str]] = {
+    "invalid_json": (400, "the body is not valid JSON"),
+    "unauthorized": (401, "a valid API key is required: Authorization: Bearer <key>"),
+    "invalid_signature": (401, "the signature does not match the body"),
+    "invalid_token": (401, "the callback token is not valid"),
+    "not_found": (404, "no such resource"),
+    "payload_too_large": (413, "the body is larger than the limit"),
+    "invalid_envelope": (422, "the body is not a callback envelope"),
+    "invalid_url": (422, "the URL must be an absolute http:// or https:// URL"),
+    "validation_error": (422, "the request is not valid"),
+    "unknown_subscription": (422, "no such subscription"),
+    "provider_not_configured": (422, "the provider has no API key configured"),
+    "unavailable": (503, "storage cannot be reached; retry later"),
+}
+
+
+def errors(*codes: str) -> dict[str, Doc]:
+    """One response per status, naming its codes, with an example body for each code."""
+    by_status: dict[str, list[str]] = {}
+    for code in sorted(dict.fromkeys(codes), key=lambda c: ERRORS[c][0]):
+        by_status.setdefault(str(ERRORS[code][0]), []).append(code)
+    out: dict[str, Doc] = {}
+    for status, group in by_status.items():
+        examples: Doc = {}
+        for code in group:
+            error: Doc = {"code": code, "message": ERRORS[code][1]}
+            if status == "422":
+                error["details"] = [{"field": "url", "problem": "is required"}]
+            examples[code] = {"value": {"error": error}}
+        out[status] = {"description": " or ".join(f"`{c}`" for c in group),
+                       "content": {JSON: {"schema": ref("Error"), "examples": examples}}}
+    return out
+
+
+def json_response(description: str, schema: Doc) -> Doc:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def query(name: str, schema: Doc, description: str) -> Doc:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+def header(name: str, description: str, *, required: bool) -> Doc:
+    return {"name": name, "in": "header", "required": required, "schema": STR,
+            "description": description}
+
+
+PAGING = [
+    query("limit", typ("integer", minimum=1, maximum=100, default=20), "Page size."),
+    query("cursor", STR, "`next_cursor` of the previous page."),
+]
+PATH_PARAMS = {
+    "id": "The resource id.",
+    "token": "A callback token minted by `POST /v1/callback-urls`.",
+    "provider": "The run's provider.",
+    "run_id": "The provider's run id.",
+}
+ADMIN = ("unauthorized",)
+BODY = ("invalid_json", "payload_too_large", "validation_error")
+
+
+def op(op_id: str, tag: str, summary: str, ok: dict[str, Doc], *, errs: tuple[str, ...] = (),
+       body: str | None = None, body_required: bool = True, params: list[Doc] | None = None,
+       auth: bool = True, storage: bool = True) -> Doc:
+    """One operation; `auth` adds bearer security and 401, `body` 400/413/422, `storage` 503."""
+    codes = (*(ADMIN if auth else ()), *(BODY if body and auth else ()), *errs,
+             *(("unavailable",) if storage and auth else ()))
+    doc: Doc = {"operationId": op_id, "tags": [tag], "summary": summary,
+                "security": [{"bearerAuth": []}] if auth else [],
+                "responses": {**ok, **errors(*codes)}}
+    if params:
+        doc["parameters"] = params
+    if body:
+        doc["requestBody"] = {"required": body_required,
+                              "content": {JSON: {"schema": ref(body)}}}
+    return doc
+
+
+def ok(status: int, description: str, schema: str) -> dict[str, Doc]:
+    return {str(status): json_response(description, ref(schema))}
+
+
+NO_CONTENT = {"204": {"description": "Done; no body."}}
+
+
+def callback(provider: str, *, token: bool) -> Doc:
+    if provider == "runflow":
+        sig = header("Runflow-Signature", "Lowercase hex HMAC-SHA256 of the raw body, keyed by "
+                     "any of `RUNFLOW_CALLBACK_SECRETS`." + (" Required when secrets are "
+                     "configured." if token else " Without a configured secret, 401."),
+                     required=not token)
+    else:
+        sig = header("Flora-Signature", "`t=<unix s>,v1=<hex>[,v1=...]`: hex HMAC-SHA256 of "
+                     "`{t}.{raw body}`, any of `FLORA_WEBHOOK_SECRETS`, `t` within 300 s.",
+                     required=True)
+    codes = ("invalid_json", "invalid_signature", "payload_too_large", "invalid_envelope",
+             "unavailable", *(("invalid_token",) if token else ()))
+    name = provider.capitalize()
+    return op(f"{provider}_callback{'_with_token' if token else ''}", "callbacks",
+              f"Accept a signed {name} callback" + (" through a minted URL" if token else ""),
+              ok(200, "Stored (`duplicate: true`: already accepted, no new fan-out).",
+                 "CallbackAccepted"),
+              errs=codes, body="RunflowEnvelope" if provider == "runflow" else "FloraCallback",
+              params=[sig], auth=False)
+
+
+def public(op_id: str, summary: str, response: dict[str, Doc], *errs: str) -> Doc:
+    return op(op_id, "operations", summary, response, errs=errs, auth=False)
+
+
+def text(description: str, media: str) -> dict[str, Doc]:
+    return {"200": {"description": description, "content": {media: {"schema": STR}}}}
+
+
+SUB_ERRS = ("not_found",)
+PATHS: dict[str, dict[str, Doc]] = {
+    "/callbacks/runflow": {"post": callback("runflow", token=False)},
+    "/callbacks/runflow/{token}": {"post": callback("runflow", token=True)},
+    "/callbacks/flora": {"post": callback("flora", token=False)},
+    "/callbacks/flora/{token}": {"post": callback("flora", token=True)},
+    "/v1/subscriptions": {
+        "post": op("create_subscription", "subscriptions", "Create a subscription",
+                   ok(201, "Created; `secret` is shown here.", "SubscriptionCreated"),
+                   errs=("invalid_url",), body="SubscriptionInput"),
+        "get": op("list_subscriptions", "subscriptions", "List subscriptions, newest first",
+                  ok(200, "A page of subscriptions.", "SubscriptionPage"),
+                  errs=("validation_error",), params=PAGING),
+    },
+    "/v1/subscriptions/{id}": {
+        "get": op("show_subscription", "subscriptions", "Show a subscription",
+                  ok(200, "The subscription.", "Subscription"), errs=SUB_ERRS),
+        "patch": op("update_subscription", "subscriptions", "Change a subscription",
+                    ok(200, "The updated subscription.", "Subscription"),
+                    errs=(*SUB_ERRS, "invalid_url"), body="SubscriptionPatch"),
+        "delete": op("delete_subscription", "subscriptions",
+                     "Delete a subscription; its pending deliveries are cancelled",
+                     NO_CONTENT, errs=SUB_ERRS),
+    },
+    "/v1/subscriptions/{id}/secret": {
+        "get": op("subscription_secret", "subscriptions", "Show the signing secret",
+                  ok(200, "The current secret.", "SecretView"), errs=SUB_ERRS)},
+    "/v1/subscriptions/{id}/rotate-secret": {
+        "post": op("rotate_secret", "subscriptions",
+                   "Rotate the secret; the old one signs too for RELAY_ROTATION_GRACE",
+                   ok(200, "The new secret.", "RotatedSecret"), errs=SUB_ERRS)},
+    "/v1/subscriptions/{id}/test": {
+        "post": op("test_subscription", "subscriptions",
+                   "Send a `relay.test` event to this subscription only",
+                   ok(202, "Queued.", "TestSent"), errs=SUB_ERRS)},
+    "/v1/subscriptions/{id}/recover": {
+        "post": op("recover_subscription", "subscriptions",
+                   "Re-queue its `dead` deliveries created since a time",
+                   ok(200, "How many were re-queued.", "Recovered"), errs=SUB_ERRS,
+                   body="RecoverRequest")},
+    "/v1/runs": {
+        "post": op("track_run", "runs", "Track a run (idempotent)",
+                   {**ok(201, "Now tracked.", "TrackedRun"),
+                    **ok(200, "Already tracked: the existing run.", "TrackedRun")},
+                   errs=("provider_not_configured",), body="TrackRunRequest"),
+        "get": op("list_runs", "runs", "List tracked runs, newest first",
+                  ok(200, "A page of tracked runs.", "TrackedRunPage"), errs=("validation_error",),
+                  params=[query("provider", typ("string", enum=PROVIDERS), "Only this provider."),
+                          query("state", typ("string", enum=["active", "finished"]),
+                                "Only runs in this state."), *PAGING]),
+    },
+    "/v1/runs/{provider}/{run_id}": {
+        "get": op("show_run", "runs", "Show a tracked run",
+                  ok(200, "The tracked run.", "TrackedRun"), errs=("not_found",)),
+        "delete": op("untrack_run", "runs", "Stop tracking a run", NO_CONTENT,
+                     errs=("not_found",)),
+    },
+    "/v1/callback-urls": {
+        "post": op("mint_callback_url", "callback-urls",
+                   "Mint a signed callback URL to register with a provider",
+                   ok(200, "The URL.", "CallbackUrl"), body="CallbackUrlRequest",
+                   storage=False)},
+    "/v1/events": {
+        "get": op("list_events", "events", "List events, newest first",
+                  ok(200, "A page of events.", "EventPage"), errs=("validation_error",),
+                  params=[query("provider", STR, "Only this provider."),
+                          query("run_id", STR, "Only this run."),
+                          query("type", STR, "Only this event type."), *PAGING])},
+    "/v1/events/{id}": {
+        "get": op("show_event", "events", "Show an event and its deliveries",
+                  ok(200, "The envelope plus `deliveries`.", "EventWithDeliveries"),
+                  errs=("not_found",))},
+    "/v1/events/{id}/redeliver": {
+        "post": op("redeliver_event", "events", "Deliver a stored event again",
+                   ok(202, "New deliveries queued.", "Redelivered"),
+                   errs=("not_found", "unknown_subscription"), body="RedeliverRequest",
+                   body_required=False)},
+    "/v1/deliveries": {
+        "get": op("list_deliveries", "deliveries", "List deliveries, newest first",
+                  ok(200, "A page of deliveries.", "DeliveryPage"), errs=("validation_error",),
+                  params=[query("subscription_id", STR, "Only this subscription."),
+                          query("event_id", STR, "Only this event."),
+                          query("status", typ("string", enum=["pending", "succeeded", "dead",
+                                                               "cancelled"]),
+                                "Only this status."), *PAGING])},
+    "/v1/deliveries/{id}": {
+        "get": op("show_delivery", "deliveries", "Show a delivery and its attempt log",
+                  ok(200, "The delivery.", "DeliveryWithAttempts"), errs=("not_found",))},
+    "/v1/deliveries/{id}/retry": {
+        "post": op("retry_delivery", "deliveries", "Queue a delivery for another attempt now",
+                   ok(202, "Queued.", "DeliveryWithAttempts"), errs=("not_found",))},
+    "/healthz": {"get": public("healthz", "Liveness", ok(200, "The process runs.", "Ok"))},
+    "/readyz": {"get": public("readyz", "Readiness: Redis answers",
+                              ok(200, "Ready.", "Ok"), "unavailable")},
+    "/metrics": {"get": public("metrics", "Prometheus metrics",
+                               text("Prometheus text exposition.", "text/plain"))},
+    "/openapi.json": {"get": public("openapi", "This document",
+                                    {"200": json_response("OpenAPI 3.1.", typ("object"))})},
+    "/ui": {"get": public("dashboard", "The operator dashboard (API-key login, session cookie)",
+                          text("HTML.", "text/html"))},
+}
+
+
+def with_path_params(paths: dict[str, dict[str, Doc]]) -> dict[str, Doc]:
+    """Declare each `{name}` of a path once, at the path level."""
+    out: dict[str, Doc] = {}
+    for path, item in paths.items():
+        names = re.findall(r"{(\w+)}", path)
+        params = [{"name": n, "in": "path", "required": True, "schema": STR,
+                   "description": PATH_PARAMS[n]} for n in names]
+        out[path] = {**({"parameters": params} if params else {}), **item}
+    return out
+
+
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "relay", "version": __version__},
-    "paths": {},
+    "info": {"title": "relay", "version": __version__,
+             "description": "Webhook receiver and callback relay for AI-generation run APIs."},
+    "tags": [{"name": n} for n in ("callbacks", "subscriptions", "runs", "callback-urls",
+                                   "events", "deliveries", "operations")],
+    "paths": with_path_params(PATHS),
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {"bearerAuth": {
+            "type": "http", "scheme": "bearer",
+            "description": "One of `RELAY_API_KEYS`.",
+        }},
+    },
 }
 
 

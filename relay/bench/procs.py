@@ -1,0 +1,160 @@
+"""Child processes of the benchmark: started in their own session, always stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+_PR_SET_PDEATHSIG = 1
+
+
+class BenchError(RuntimeError):
+    """A part of the benchmark could not run; the message says which and why."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str,
+               interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise BenchError(f"{what}: not ready within {timeout:.0f} s")
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGKILL this child if the benchmark itself is killed without cleanup."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def problems(self) -> list[str]:
+        """Log lines at warning level or above (relay logs JSON with a `level` field)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        bad = ('"level": "warning"', '"level": "error"', '"level": "critical"', "Traceback")
+        return [line for line in text.splitlines() if any(b in line for b in bad)]
+
+
+@dataclass
+class Children:
+    """Every process the benchmark starts; `close()` stops whatever is still running."""
+
+    log_dir: Path
+    started: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> Child:
+        log_path = self.log_dir / f"{name}-{len(self.started)}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                list(args), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        child = Child(name, proc, log_path)
+        self.started.append(child)
+        return child
+
+    def stop(self, child: Child, timeout: float = 6.0) -> None:
+        """SIGTERM to the child's process group, SIGKILL if it is still there after `timeout`."""
+        if child.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.proc.pid, signal.SIGTERM)
+            try:
+                child.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                child.proc.wait()
+        if child in self.started:
+            self.started.remove(child)
+
+    def close(self) -> None:
+        for child in reversed(list(self.started)):
+            self.stop(child, timeout=3.0)
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def http_ready(url: str, child: Child) -> Callable[[], bool]:
+    def check() -> bool:
+        if not child.alive():
+            raise BenchError(f"{child.name} exited with {child.proc.returncode}:\n"
+                             f"{child.log_tail()}")
+        try:
+            return httpx.get(url, timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
+def start_redis(children: Children, binary: str, workdir: Path) -> tuple[Child, str]:
+    """redis-server on a free port: no RDB, AOF with fsync every second, data in `workdir`."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    child = children.start("redis", [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+        "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+        "--maxmemory-policy", "noeviction", "--daemonize", "no",
+    ])
+
+    def answers() -> bool:
+        if not child.alive():
+            raise BenchError(f"redis-server exited:\n{child.log_tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    wait_until(answers, 10, "redis-server")
+    return child, f"redis://127.0.0.1:{port}/0"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The benchmark's environment without any inherited relay or provider settings."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RELAY_", "RUNFLOW_", "FLORA_", "BETTERPROMPT_", "REDIS_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
