@@ -1,0 +1,201 @@
+"""Admin API, callback tokens, operations endpoints and the 503 path, in-process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from relay.config import Settings
+from tests.helpers import admin_headers, free_port, runflow_body, runflow_signature
+
+H = admin_headers()
+
+
+async def test_admin_routes_need_a_valid_bearer_key(client: httpx.AsyncClient) -> None:
+    for headers in ({}, {"authorization": "Bearer nope"}, {"authorization": "Basic x"},
+                    {"authorization": "Bearer "}):
+        r = await client.get("/v1/subscriptions", headers=headers)
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "unauthorized"
+    assert (await client.get("/v1/subscriptions", headers=H)).status_code == 200
+
+
+async def test_subscription_lifecycle(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/subscriptions", headers=H, json={
+        "url": "http://127.0.0.1:9/hook", "events": ["run.*"], "description": "ci"})
+    assert r.status_code == 201
+    created = r.json()
+    assert created["id"].startswith("sub_") and created["secret"].startswith("whsec_")
+    assert created["status"] == "enabled" and created["events"] == ["run.*"]
+    sub_id = created["id"]
+    shown = (await client.get(f"/v1/subscriptions/{sub_id}", headers=H)).json()
+    assert "secret" not in shown and shown["description"] == "ci"
+    r = await client.patch(f"/v1/subscriptions/{sub_id}", headers=H,
+                           json={"enabled": False, "channels": ["a"]})
+    assert r.json()["status"] == "disabled" and r.json()["disabled_reason"]
+    assert r.json()["channels"] == ["a"]
+    r = await client.patch(f"/v1/subscriptions/{sub_id}", headers=H, json={"enabled": True})
+    assert r.json()["status"] == "enabled" and r.json()["disabled_reason"] is None
+    listed = (await client.get("/v1/subscriptions", headers=H)).json()
+    assert [s["id"] for s in listed["data"]] == [sub_id] and listed["next_cursor"] is None
+    assert (await client.delete(f"/v1/subscriptions/{sub_id}", headers=H)).status_code == 204
+    r = await client.get(f"/v1/subscriptions/{sub_id}", headers=H)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+async def test_lists_page_newest_first_with_a_cursor(client: httpx.AsyncClient) -> None:
+    made = []
+    for i in range(5):
+        r = await client.post("/v1/subscriptions", headers=H,
+                              json={"url": f"http://127.0.0.1:9/{i}"})
+        made.append(r.json()["id"])
+    seen: list[str] = []
+    cursor = None
+    while True:
+        q = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = (await client.get(f"/v1/subscriptions{q}", headers=H)).json()
+        seen += [s["id"] for s in page["data"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == list(reversed(made))
+    for bad in ("0", "101", "x"):
+        r = await client.get(f"/v1/subscriptions?limit={bad}", headers=H)
+        assert r.status_code == 422 and r.json()["error"]["details"]
+
+
+@pytest.mark.parametrize("body", [
+    {"url": "ftp://example.com/hook"}, {"url": "not a url"}, {"url": "http:///nohost"},
+])
+async def test_non_http_urls_are_invalid_url(client: httpx.AsyncClient, body: object) -> None:
+    r = await client.post("/v1/subscriptions", headers=H, json=body)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_url"
+
+
+async def test_private_targets_are_refused_unless_allowed(
+        settings: Settings, redis_server: object) -> None:
+    from relay.web.app import create_app
+
+    strict = settings.with_overrides(allow_private_targets=False)
+    app = create_app(strict, redis_server.url)  # type: ignore[attr-defined]
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://relay") as c:
+            for url in ("http://127.0.0.1/x", "http://10.1.2.3/x", "http://169.254.169.254/",
+                        "http://[::1]/x", "http://0x7f000001/x", "http://2130706433/x",
+                        "http://100.64.0.1/x", "http://localhost/x"):
+                r = await c.post("/v1/subscriptions", headers=H, json={"url": url})
+                assert r.status_code == 422, url
+                assert r.json()["error"]["code"] == "invalid_url"
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({}, "url"), ({"url": "http://127.0.0.1/x", "events": "run.*"}, "events"),
+    ({"url": "http://127.0.0.1/x", "enabled": "yes"}, "enabled"),
+    ({"url": "http://127.0.0.1/x", "colour": "red"}, "colour"),
+    ({"url": "http://127.0.0.1/x", "channels": []}, "channels"),
+])
+async def test_invalid_subscription_bodies_are_422_with_details(
+        client: httpx.AsyncClient, body: object, field: str) -> None:
+    r = await client.post("/v1/subscriptions", headers=H, json=body)
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["code"] == "validation_error"
+    assert [d["field"] for d in error["details"]] == [field]
+
+
+async def test_admin_body_that_is_not_json_is_400(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/subscriptions", headers=H, content=b"{nope")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
+async def test_callback_token_carries_channels_and_metadata(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/callback-urls", headers=H, json={
+        "provider": "runflow", "channels": ["tenant-a"], "metadata": {"order": 42}})
+    url = r.json()["url"]
+    assert url.startswith("http://localhost:8000/callbacks/runflow/")
+    path = url.removeprefix("http://localhost:8000")
+    body = runflow_body("tok-1", metadata={"job": "x"})
+    r = await client.post(path, content=body, headers={"runflow-signature":
+                                                        runflow_signature(body)})
+    assert r.status_code == 200
+    event = (await client.get(f"/v1/events/{r.json()['event_id']}", headers=H)).json()
+    assert event["channels"] == ["tenant-a"]
+    assert event["metadata"] == {"order": 42, "job": "x"}
+    unsigned = await client.post(path, content=body)
+    assert unsigned.status_code == 401 and unsigned.json()["error"]["code"] == "invalid_signature"
+
+
+async def test_forged_or_foreign_tokens_are_invalid_token(client: httpx.AsyncClient) -> None:
+    flora = (await client.post("/v1/callback-urls", headers=H,
+                               json={"provider": "flora"})).json()["url"]
+    foreign = flora.rsplit("/", 1)[1]
+    body = runflow_body("tok-2")
+    headers = {"runflow-signature": runflow_signature(body)}
+    for token in ("garbage", foreign, foreign[:-2] + "xx"):
+        r = await client.post(f"/callbacks/runflow/{token}", content=body, headers=headers)
+        assert r.status_code == 401, token
+        assert r.json()["error"]["code"] == "invalid_token"
+
+
+async def test_callback_url_request_is_validated(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/callback-urls", headers=H, json={"provider": "replicate"})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "provider"
+
+
+async def test_runflow_route_refuses_everything_without_secrets(
+        settings: Settings, redis_server: object) -> None:
+    from relay.web.app import create_app
+
+    bare = settings.with_overrides(runflow_callback_secrets=())
+    app = create_app(bare, redis_server.url)  # type: ignore[attr-defined]
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://relay") as c:
+            body = runflow_body("no-secret")
+            r = await c.post("/callbacks/runflow", content=body,
+                             headers={"runflow-signature": runflow_signature(body)})
+            assert r.status_code == 401
+
+
+@pytest.fixture
+async def dead_redis_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    from relay.web.app import create_app
+
+    app = create_app(settings, f"redis://127.0.0.1:{free_port()}/0")
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://relay") as c:
+            yield c
+
+
+async def test_unreachable_redis_gives_503_unavailable_never_a_silent_200(
+        dead_redis_client: httpx.AsyncClient) -> None:
+    body = runflow_body("down-1")
+    r = await dead_redis_client.post("/callbacks/runflow", content=body,
+                                     headers={"runflow-signature": runflow_signature(body)})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+    r = await dead_redis_client.get("/v1/subscriptions", headers=H)
+    assert r.status_code == 503
+    assert (await dead_redis_client.get("/readyz")).status_code == 503
+    assert (await dead_redis_client.get("/healthz")).status_code == 200
+
+
+async def test_ops_endpoints(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"ok": True}
+    assert (await client.get("/readyz")).status_code == 200
+    body = runflow_body("metrics-1")
+    await client.post("/callbacks/runflow", content=body,
+                      headers={"runflow-signature": runflow_signature(body)})
+    text = (await client.get("/metrics")).text
+    assert 'relay_callbacks_total{outcome="accepted",provider="runflow"}' in text
+    assert 'relay_queue_depth{state="queued"}' in text
+
+
+async def test_unknown_routes_and_methods_use_the_error_shape(client: httpx.AsyncClient) -> None:
+    r = await client.get("/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = await client.get("/callbacks/runflow")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
