@@ -25,10 +25,10 @@ def typ(kind: str, *, null: bool = False, **extra: Any) -> Doc:
     return {"type": [kind, "null"] if null else kind, **extra}
 
 
-def obj(props: dict[str, Doc], *, required: tuple[str, ...] | None = None, closed: bool = False,
-        **extra: Any) -> Doc:
-    """An object; every property is required unless `required` names the ones that are."""
-    names = list(props) if required is None else list(required)
+def obj(props: dict[str, Doc], *, required: tuple[str, ...] | None = None,
+        optional: tuple[str, ...] = (), closed: bool = False, **extra: Any) -> Doc:
+    """An object; every property but `optional` is required unless `required` names them."""
+    names = [p for p in props if p not in optional] if required is None else list(required)
     doc: Doc = {"type": "object", "properties": props, **extra}
     if names:
         doc["required"] = names
@@ -60,6 +60,7 @@ PATTERNS_OR_NULL = array(NAME, null=True, minItems=1, maxItems=100,
                          description="Glob patterns; null means no filter.")
 CHANNELS = array(NAME, minItems=1, maxItems=100)
 PROVIDERS = ["betterprompt", "flora", "runflow"]
+DELIVERY_STATUSES = ["pending", "succeeded", "dead", "cancelled"]
 
 SCHEMAS: dict[str, Doc] = {
     "Problem": obj({"field": STR, "problem": STR}),
@@ -70,9 +71,7 @@ SCHEMAS: dict[str, Doc] = {
     }, required=("code", "message"))}),
     "OutputItem": obj({
         "type": typ("string", enum=["image", "video", "audio", "text", "document"]),
-        "url": typ("string", format="uri"),
-        "expires_at": TIME,
-        "text": STR,
+        "url": typ("string", format="uri"), "expires_at": TIME, "text": STR,
     }, required=("type",)),
     "RunError": obj({"code": typ("string", null=True), "message": typ("string", null=True),
                      "stage": typ("string", null=True)}),
@@ -90,17 +89,11 @@ SCHEMAS: dict[str, Doc] = {
                    "anyOf": [obj({"outputs": array(ref("OutputItem"))}), {}]},
         "error": {"anyOf": [ref("RunError"), {"type": "null"}]},
         "duration_ms": typ("integer", null=True),
-        "created_at": TIME_OR_NULL,
-        "completed_at": TIME_OR_NULL,
-        "metadata": ANY,
-        "channels": array(STR),
-        "source": typ("string", enum=["callback", "poll", "relay"]),
-        "observed_at": TIME,
+        "created_at": TIME_OR_NULL, "completed_at": TIME_OR_NULL,
+        "metadata": ANY, "channels": array(STR),
+        "source": typ("string", enum=["callback", "poll", "relay"]), "observed_at": TIME,
         "provider_payload": {"description": "The provider's own JSON, untouched."},
-    }, required=("id", "event", "provider", "run_id", "status", "output", "error",
-                 "duration_ms", "created_at", "completed_at", "metadata", "channels",
-                 "source", "observed_at", "provider_payload"),
-        description="The envelope delivered to subscribers (CONTRACT section 5)."),
+    }, optional=("batch_id",), description="The body delivered to subscribers (CONTRACT 5)."),
     "EventWithDeliveries": extend("Event", {"deliveries": array(ref("Delivery"))}),
     "EventPage": page("Event"),
     "RunflowEnvelope": obj({
@@ -122,8 +115,7 @@ SCHEMAS: dict[str, Doc] = {
     "SubscriptionInput": obj({
         "url": typ("string", format="uri", maxLength=2048),
         "events": {**PATTERNS, "default": ["*"]},
-        "providers": PATTERNS_OR_NULL,
-        "channels": PATTERNS_OR_NULL,
+        "providers": PATTERNS_OR_NULL, "channels": PATTERNS_OR_NULL,
         "description": typ("string", null=True, maxLength=1000),
         "enabled": typ("boolean", default=True),
     }, required=("url",), closed=True),
@@ -133,14 +125,11 @@ SCHEMAS: dict[str, Doc] = {
         "description": typ("string", null=True, maxLength=1000), "enabled": typ("boolean"),
     }, required=(), closed=True),
     "Subscription": obj({
-        "id": typ("string", pattern="^sub_"),
-        "url": typ("string", format="uri"),
+        "id": typ("string", pattern="^sub_"), "url": typ("string", format="uri"),
         "events": array(STR), "providers": array(STR, null=True),
         "channels": array(STR, null=True), "description": typ("string", null=True),
-        "enabled": typ("boolean"),
-        "status": typ("string", enum=["enabled", "disabled"]),
-        "disabled_reason": typ("string", null=True),
-        "created_at": TIME, "updated_at": TIME,
+        "enabled": typ("boolean"), "status": typ("string", enum=["enabled", "disabled"]),
+        "disabled_reason": typ("string", null=True), "created_at": TIME, "updated_at": TIME,
     }),
     "SubscriptionCreated": extend("Subscription", {"secret": ref("Secret")}),
     "SubscriptionPage": page("Subscription"),
@@ -163,7 +152,7 @@ SCHEMAS: dict[str, Doc] = {
     "Redelivered": obj({"deliveries": array(STR, description="The new delivery ids.")}),
     "Delivery": obj({
         "id": STR, "event_id": STR, "subscription_id": STR,
-        "status": typ("string", enum=["pending", "succeeded", "dead", "cancelled"]),
+        "status": typ("string", enum=DELIVERY_STATUSES),
         "attempts_made": typ("integer", minimum=0),
         "next_attempt_at": TIME_OR_NULL, "created_at": TIME, "updated_at": TIME,
     }),
@@ -192,19 +181,19 @@ SCHEMAS: dict[str, Doc] = {
 
 # ---- responses and parameters -----------------------------------------------------------
 
-ERRORS: dict[str, tuple[int, str]] = {
-    "invalid_json": (400, "the body is not valid JSON"),
-    "unauthorized": (401, "a valid API key is required: Authorization: Bearer <key>"),
-    "invalid_signature": (401, "the signature does not match the body"),
-    "invalid_token": (401, "the callback token is not valid"),
-    "not_found": (404, "no such resource"),
-    "payload_too_large": (413, "the body is larger than the limit"),
-    "invalid_envelope": (422, "the body is not a callback envelope"),
-    "invalid_url": (422, "the URL must be an absolute http:// or https:// URL"),
-    "validation_error": (422, "the request is not valid"),
-    "unknown_subscription": (422, "no such subscription"),
-    "provider_not_configured": (422, "the provider has no API key configured"),
-    "unavailable": (503, "storage cannot be reached; retry later"),
+ERRORS: dict[str, tuple[int, str, str]] = {  # code: (status, example message, 422 field)
+    "invalid_json": (400, "the body is not valid JSON", ""),
+    "unauthorized": (401, "a valid API key is required: Authorization: Bearer <key>", ""),
+    "invalid_signature": (401, "the signature does not match the body", ""),
+    "invalid_token": (401, "the callback token is not valid", ""),
+    "not_found": (404, "no such resource", ""),
+    "payload_too_large": (413, "the body is larger than the limit", ""),
+    "invalid_envelope": (422, "the body is not a callback envelope", "run_id"),
+    "invalid_url": (422, "the URL must be an absolute http:// or https:// URL", "url"),
+    "validation_error": (422, "the request is not valid", "limit"),
+    "unknown_subscription": (422, "no such subscription", "subscription_ids"),
+    "provider_not_configured": (422, "the provider has no API key configured", "provider"),
+    "unavailable": (503, "storage cannot be reached; retry later", ""),
 }
 
 
@@ -217,17 +206,14 @@ def errors(*codes: str) -> dict[str, Doc]:
     for status, group in by_status.items():
         examples: Doc = {}
         for code in group:
-            error: Doc = {"code": code, "message": ERRORS[code][1]}
-            if status == "422":
-                error["details"] = [{"field": "url", "problem": "is required"}]
+            _, message, field = ERRORS[code]
+            error: Doc = {"code": code, "message": message}
+            if field:
+                error["details"] = [{"field": field, "problem": "is not valid"}]
             examples[code] = {"value": {"error": error}}
         out[status] = {"description": " or ".join(f"`{c}`" for c in group),
                        "content": {JSON: {"schema": ref("Error"), "examples": examples}}}
     return out
-
-
-def json_response(description: str, schema: Doc) -> Doc:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
 def query(name: str, schema: Doc, description: str) -> Doc:
@@ -250,29 +236,29 @@ PATH_PARAMS = {
     "provider": "The run's provider.",
     "run_id": "The provider's run id.",
 }
-ADMIN = ("unauthorized",)
 BODY = ("invalid_json", "payload_too_large", "validation_error")
 
 
-def op(op_id: str, tag: str, summary: str, ok: dict[str, Doc], *, errs: tuple[str, ...] = (),
+def op(op_id: str, summary: str, ok: dict[str, Doc], *, errs: tuple[str, ...] = (),
        body: str | None = None, body_required: bool = True, params: list[Doc] | None = None,
        auth: bool = True, storage: bool = True) -> Doc:
     """One operation; `auth` adds bearer security and 401, `body` 400/413/422, `storage` 503."""
-    codes = (*(ADMIN if auth else ()), *(BODY if body and auth else ()), *errs,
+    codes = (*(("unauthorized", *(BODY if body else ())) if auth else ()), *errs,
              *(("unavailable",) if storage and auth else ()))
-    doc: Doc = {"operationId": op_id, "tags": [tag], "summary": summary,
+    doc: Doc = {"operationId": op_id, "summary": summary,
                 "security": [{"bearerAuth": []}] if auth else [],
                 "responses": {**ok, **errors(*codes)}}
     if params:
         doc["parameters"] = params
     if body:
-        doc["requestBody"] = {"required": body_required,
-                              "content": {JSON: {"schema": ref(body)}}}
+        doc["requestBody"] = {"required": body_required, "content": {JSON: {"schema": ref(body)}}}
     return doc
 
 
-def ok(status: int, description: str, schema: str) -> dict[str, Doc]:
-    return {str(status): json_response(description, ref(schema))}
+def ok(status: int, description: str, schema: str | Doc, media: str = JSON) -> dict[str, Doc]:
+    """A success response; a str `schema` names a component."""
+    body = ref(schema) if isinstance(schema, str) else schema
+    return {str(status): {"description": description, "content": {media: {"schema": body}}}}
 
 
 NO_CONTENT = {"204": {"description": "Done; no body."}}
@@ -291,7 +277,7 @@ def callback(provider: str, *, token: bool) -> Doc:
     codes = ("invalid_json", "invalid_signature", "payload_too_large", "invalid_envelope",
              "unavailable", *(("invalid_token",) if token else ()))
     name = provider.capitalize()
-    return op(f"{provider}_callback{'_with_token' if token else ''}", "callbacks",
+    return op(f"{provider}_callback{'_with_token' if token else ''}",
               f"Accept a signed {name} callback" + (" through a minted URL" if token else ""),
               ok(200, "Stored (`duplicate: true`: already accepted, no new fan-out).",
                  "CallbackAccepted"),
@@ -299,125 +285,99 @@ def callback(provider: str, *, token: bool) -> Doc:
               params=[sig], auth=False)
 
 
+def listing(op_id: str, summary: str, schema: str, *filters: Doc) -> Doc:
+    """A paged list: `?limit=`, `?cursor=` and the filters; a bad limit or filter is 422."""
+    return op(op_id, f"{summary}, newest first", ok(200, "One page.", schema),
+              errs=("validation_error",), params=[*filters, *PAGING])
+
+
 def public(op_id: str, summary: str, response: dict[str, Doc], *errs: str) -> Doc:
-    return op(op_id, "operations", summary, response, errs=errs, auth=False)
+    return op(op_id, summary, response, errs=errs, auth=False)
 
 
-def text(description: str, media: str) -> dict[str, Doc]:
-    return {"200": {"description": description, "content": {media: {"schema": STR}}}}
-
-
-SUB_ERRS = ("not_found",)
+NOT_FOUND = ("not_found",)
 PATHS: dict[str, dict[str, Doc]] = {
     "/callbacks/runflow": {"post": callback("runflow", token=False)},
     "/callbacks/runflow/{token}": {"post": callback("runflow", token=True)},
-    "/callbacks/flora": {"post": callback("flora", token=False)},
-    "/callbacks/flora/{token}": {"post": callback("flora", token=True)},
     "/v1/subscriptions": {
-        "post": op("create_subscription", "subscriptions", "Create a subscription",
+        "post": op("create_subscription", "Create a subscription",
                    ok(201, "Created; `secret` is shown here.", "SubscriptionCreated"),
                    errs=("invalid_url",), body="SubscriptionInput"),
-        "get": op("list_subscriptions", "subscriptions", "List subscriptions, newest first",
-                  ok(200, "A page of subscriptions.", "SubscriptionPage"),
-                  errs=("validation_error",), params=PAGING),
+        "get": listing("list_subscriptions", "List subscriptions", "SubscriptionPage"),
     },
     "/v1/subscriptions/{id}": {
-        "get": op("show_subscription", "subscriptions", "Show a subscription",
-                  ok(200, "The subscription.", "Subscription"), errs=SUB_ERRS),
-        "patch": op("update_subscription", "subscriptions", "Change a subscription",
+        "get": op("show_subscription", "Show a subscription",
+                  ok(200, "The subscription.", "Subscription"), errs=NOT_FOUND),
+        "patch": op("update_subscription", "Change a subscription",
                     ok(200, "The updated subscription.", "Subscription"),
-                    errs=(*SUB_ERRS, "invalid_url"), body="SubscriptionPatch"),
-        "delete": op("delete_subscription", "subscriptions",
+                    errs=(*NOT_FOUND, "invalid_url"), body="SubscriptionPatch"),
+        "delete": op("delete_subscription",
                      "Delete a subscription; its pending deliveries are cancelled",
-                     NO_CONTENT, errs=SUB_ERRS),
+                     NO_CONTENT, errs=NOT_FOUND),
     },
     "/v1/subscriptions/{id}/secret": {
-        "get": op("subscription_secret", "subscriptions", "Show the signing secret",
-                  ok(200, "The current secret.", "SecretView"), errs=SUB_ERRS)},
+        "get": op("subscription_secret", "Show the signing secret",
+                  ok(200, "The current secret.", "SecretView"), errs=NOT_FOUND)},
     "/v1/subscriptions/{id}/rotate-secret": {
-        "post": op("rotate_secret", "subscriptions",
+        "post": op("rotate_secret",
                    "Rotate the secret; the old one signs too for RELAY_ROTATION_GRACE",
-                   ok(200, "The new secret.", "RotatedSecret"), errs=SUB_ERRS)},
+                   ok(200, "The new secret.", "RotatedSecret"), errs=NOT_FOUND)},
     "/v1/subscriptions/{id}/test": {
-        "post": op("test_subscription", "subscriptions",
-                   "Send a `relay.test` event to this subscription only",
-                   ok(202, "Queued.", "TestSent"), errs=SUB_ERRS)},
+        "post": op("test_subscription", "Send a `relay.test` event to this subscription only",
+                   ok(202, "Queued.", "TestSent"), errs=NOT_FOUND)},
     "/v1/subscriptions/{id}/recover": {
-        "post": op("recover_subscription", "subscriptions",
+        "post": op("recover_subscription",
                    "Re-queue its `dead` deliveries created since a time",
-                   ok(200, "How many were re-queued.", "Recovered"), errs=SUB_ERRS,
+                   ok(200, "How many were re-queued.", "Recovered"), errs=NOT_FOUND,
                    body="RecoverRequest")},
-    "/v1/runs": {
-        "post": op("track_run", "runs", "Track a run (idempotent)",
-                   {**ok(201, "Now tracked.", "TrackedRun"),
-                    **ok(200, "Already tracked: the existing run.", "TrackedRun")},
-                   errs=("provider_not_configured",), body="TrackRunRequest"),
-        "get": op("list_runs", "runs", "List tracked runs, newest first",
-                  ok(200, "A page of tracked runs.", "TrackedRunPage"), errs=("validation_error",),
-                  params=[query("provider", typ("string", enum=PROVIDERS), "Only this provider."),
-                          query("state", typ("string", enum=["active", "finished"]),
-                                "Only runs in this state."), *PAGING]),
-    },
-    "/v1/runs/{provider}/{run_id}": {
-        "get": op("show_run", "runs", "Show a tracked run",
-                  ok(200, "The tracked run.", "TrackedRun"), errs=("not_found",)),
-        "delete": op("untrack_run", "runs", "Stop tracking a run", NO_CONTENT,
-                     errs=("not_found",)),
-    },
     "/v1/callback-urls": {
-        "post": op("mint_callback_url", "callback-urls",
-                   "Mint a signed callback URL to register with a provider",
-                   ok(200, "The URL.", "CallbackUrl"), body="CallbackUrlRequest",
-                   storage=False)},
+        "post": op("mint_callback_url", "Mint a signed callback URL to give a provider",
+                   ok(200, "The URL.", "CallbackUrl"), body="CallbackUrlRequest", storage=False)},
     "/v1/events": {
-        "get": op("list_events", "events", "List events, newest first",
-                  ok(200, "A page of events.", "EventPage"), errs=("validation_error",),
-                  params=[query("provider", STR, "Only this provider."),
-                          query("run_id", STR, "Only this run."),
-                          query("type", STR, "Only this event type."), *PAGING])},
+        "get": listing("list_events", "List events", "EventPage",
+                       query("provider", STR, "Only this provider."),
+                       query("run_id", STR, "Only this run."),
+                       query("type", STR, "Only this event type."))},
     "/v1/events/{id}": {
-        "get": op("show_event", "events", "Show an event and its deliveries",
+        "get": op("show_event", "Show an event and its deliveries",
                   ok(200, "The envelope plus `deliveries`.", "EventWithDeliveries"),
-                  errs=("not_found",))},
+                  errs=NOT_FOUND)},
     "/v1/events/{id}/redeliver": {
-        "post": op("redeliver_event", "events", "Deliver a stored event again",
+        "post": op("redeliver_event", "Deliver a stored event again",
                    ok(202, "New deliveries queued.", "Redelivered"),
                    errs=("not_found", "unknown_subscription"), body="RedeliverRequest",
                    body_required=False)},
     "/v1/deliveries": {
-        "get": op("list_deliveries", "deliveries", "List deliveries, newest first",
-                  ok(200, "A page of deliveries.", "DeliveryPage"), errs=("validation_error",),
-                  params=[query("subscription_id", STR, "Only this subscription."),
-                          query("event_id", STR, "Only this event."),
-                          query("status", typ("string", enum=["pending", "succeeded", "dead",
-                                                               "cancelled"]),
-                                "Only this status."), *PAGING])},
+        "get": listing("list_deliveries", "List deliveries", "DeliveryPage",
+                       query("subscription_id", STR, "Only this subscription."),
+                       query("event_id", STR, "Only this event."),
+                       query("status", typ("string", enum=DELIVERY_STATUSES), "Only these."))},
     "/v1/deliveries/{id}": {
-        "get": op("show_delivery", "deliveries", "Show a delivery and its attempt log",
-                  ok(200, "The delivery.", "DeliveryWithAttempts"), errs=("not_found",))},
+        "get": op("show_delivery", "Show a delivery and its attempt log",
+                  ok(200, "The delivery.", "DeliveryWithAttempts"), errs=NOT_FOUND)},
     "/v1/deliveries/{id}/retry": {
-        "post": op("retry_delivery", "deliveries", "Queue a delivery for another attempt now",
-                   ok(202, "Queued.", "DeliveryWithAttempts"), errs=("not_found",))},
+        "post": op("retry_delivery", "Queue a delivery for another attempt now",
+                   ok(202, "Queued.", "DeliveryWithAttempts"), errs=NOT_FOUND)},
     "/healthz": {"get": public("healthz", "Liveness", ok(200, "The process runs.", "Ok"))},
     "/readyz": {"get": public("readyz", "Readiness: Redis answers",
                               ok(200, "Ready.", "Ok"), "unavailable")},
     "/metrics": {"get": public("metrics", "Prometheus metrics",
-                               text("Prometheus text exposition.", "text/plain"))},
+                               ok(200, "Prometheus text format.", STR, "text/plain"))},
     "/openapi.json": {"get": public("openapi", "This document",
-                                    {"200": json_response("OpenAPI 3.1.", typ("object"))})},
-    "/ui": {"get": public("dashboard", "The operator dashboard (API-key login, session cookie)",
-                          text("HTML.", "text/html"))},
+                                    ok(200, "OpenAPI 3.1.", typ("object")))},
 }
 
 
-def with_path_params(paths: dict[str, dict[str, Doc]]) -> dict[str, Doc]:
-    """Declare each `{name}` of a path once, at the path level."""
+def finish(paths: dict[str, dict[str, Doc]]) -> dict[str, Doc]:
+    """Tag each operation by its path, and declare each `{name}` once at the path level."""
     out: dict[str, Doc] = {}
     for path, item in paths.items():
-        names = re.findall(r"{(\w+)}", path)
+        _, top, sub, *_ = [*path.split("/"), ""]
+        tag = sub if top == "v1" else "callbacks" if top == "callbacks" else "operations"
         params = [{"name": n, "in": "path", "required": True, "schema": STR,
-                   "description": PATH_PARAMS[n]} for n in names]
-        out[path] = {**({"parameters": params} if params else {}), **item}
+                   "description": PATH_PARAMS[n]} for n in re.findall(r"{(\w+)}", path)]
+        out[path] = {**({"parameters": params} if params else {}),
+                     **{method: {**o, "tags": [tag]} for method, o in item.items()}}
     return out
 
 
@@ -427,7 +387,7 @@ SPEC: dict[str, Any] = {
              "description": "Webhook receiver and callback relay for AI-generation run APIs."},
     "tags": [{"name": n} for n in ("callbacks", "subscriptions", "runs", "callback-urls",
                                    "events", "deliveries", "operations")],
-    "paths": with_path_params(PATHS),
+    "paths": finish(PATHS),
     "components": {
         "schemas": SCHEMAS,
         "securitySchemes": {"bearerAuth": {
