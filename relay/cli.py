@@ -64,6 +64,22 @@ def embedded_settings(settings: Settings) -> Settings:
     return settings.with_overrides(**changes) if changes else settings
 
 
+def on_signals(callback: Callable[[], None]) -> None:
+    """Call `callback` in the running loop on SIGTERM or SIGINT.
+
+    A plain `signal.signal` handler that hops into the loop with `call_soon_threadsafe`: uvloop's
+    `add_signal_handler` sometimes never ran the callback for a SIGTERM that arrived just after
+    start-up (seen in about one start in ten), and a worker that ignores SIGTERM gets SIGKILLed.
+    """
+    loop = asyncio.get_running_loop()
+
+    def handler(signum: int, frame: object) -> None:
+        loop.call_soon_threadsafe(callback)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
 def _quiet_server(config: Any) -> Any:
     """uvicorn's Server, exiting 0 after a graceful SIGTERM instead of re-raising the signal."""
     import contextlib
@@ -73,9 +89,7 @@ def _quiet_server(config: Any) -> Any:
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            on_signals(lambda: self.handle_exit(signal.SIGTERM, None))
             yield
 
     return Server(config)
@@ -158,9 +172,7 @@ async def run_worker(settings: Settings, url: str, *, once: bool = False) -> Non
                 log.info("worker_pass_done", attempted=count)
                 return
             stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
+            on_signals(stop.set)
             await delivery.run(stop, grace=SHUTDOWN_GRACE)
         finally:
             await outbound.aclose()
@@ -217,7 +229,9 @@ def admin_command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., None]:
         try:
             run(go())
         except RelayError as exc:
-            fail(f"{exc.code}: {exc.message}")
+            details = "; ".join(f"{d['field']}: {d['problem']}" for d in exc.details or ()
+                                if isinstance(d, dict))
+            fail(f"{exc.code}: {exc.message}" + (f" ({details})" if details else ""))
 
     return wrapper
 

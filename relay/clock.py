@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 
@@ -44,15 +45,18 @@ def iso(ts: float) -> str:
 
 
 def parse_time(value: str | float | int) -> float:
-    """ISO 8601 or Unix seconds to Unix seconds; ValueError when it is neither."""
+    """ISO 8601 or Unix seconds to Unix seconds; ValueError when it is neither (or not finite)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    text = str(value).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            seconds = parsed.timestamp()
+    if not math.isfinite(seconds) or abs(seconds) > 1e11:
+        raise ValueError("not a usable time")
+    return seconds

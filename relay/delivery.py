@@ -23,8 +23,12 @@ from relay.store import QueueEntry
 
 log = structlog.get_logger("relay.delivery")
 
-# Longest an idle loop sleeps between checks of the retry set; the queue itself wakes readers.
-IDLE_SLEEP = 30.0
+# Longest an idle loop sleeps between checks of the retry set; the queue itself wakes readers,
+# and a worker that schedules a retry wakes its own loop, so this only bounds how late another
+# worker's retry is picked up if that worker died.
+IDLE_SLEEP = 60.0
+# Index trimming is housekeeping; once every few minutes per deployment is plenty.
+MAINTENANCE_EVERY = 300.0
 
 
 def consumer_name() -> str:
@@ -74,6 +78,7 @@ class DeliveryWorker:
         self._slot_free = asyncio.Event()
         self._wake_retries = asyncio.Event()
         self._next_retry_check = float("inf")
+        self._stopping = False
 
     # ---- loops --------------------------------------------------------------------------
 
@@ -87,9 +92,15 @@ class DeliveryWorker:
         ]
         log.info("worker_started", consumer=self.name)
         await stop.wait()
+        self._stopping = True
         for task in loops:
             task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
+        _, pending = await asyncio.wait(loops, timeout=1.0)
+        if pending:
+            # redis-py can swallow a cancellation that lands while a blocking read connects;
+            # closing the connection under it ends the read for certain.
+            await self.store.interrupt_reads()
+            await asyncio.wait(pending, timeout=2.0)
         await self.drain(grace)
         log.info("worker_stopped", consumer=self.name)
 
@@ -103,9 +114,9 @@ class DeliveryWorker:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _guarded(self, loop: Any) -> None:
-        """Keep a loop alive through Redis outages: back off and try again, never exit."""
+        """Keep a loop alive through Redis outages: back off and try again, until stopping."""
         delay = 0.1
-        while True:
+        while not self._stopping:
             try:
                 await loop()
                 return
@@ -137,7 +148,7 @@ class DeliveryWorker:
                 await asyncio.wait_for(self._wake_retries.wait(), timeout=wait)
 
     async def _reclaim_loop(self) -> None:
-        interval = max(min(self.settings.claim_timeout / 2, IDLE_SLEEP), 0.05)
+        interval = max(min(self.settings.claim_timeout / 2, 30.0), 0.05)
         min_idle = int(self.settings.claim_timeout * 1000)
         while True:
             await asyncio.sleep(interval)
@@ -148,8 +159,8 @@ class DeliveryWorker:
 
     async def _maintenance_loop(self) -> None:
         while True:
-            await self.store.trim()
-            await asyncio.sleep(60)
+            await self.store.trim(every=MAINTENANCE_EVERY)
+            await asyncio.sleep(MAINTENANCE_EVERY)
 
     async def _free_slots(self) -> int:
         while len(self._tasks) >= self.concurrency:

@@ -44,8 +44,8 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0, interval: float
     raise AssertionError(f"condition not met within {timeout}s")
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], Any], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         result = check()
         if asyncio.iscoroutine(result):
@@ -53,7 +53,7 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> None:
         if result:
             return
         await asyncio.sleep(0.02)
-    raise AssertionError(f"condition not met within {timeout}s")
+    raise AssertionError(f"condition not met within {within}s")
 
 
 class RedisServer:

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 
 from relay.config import Settings
-from tests.helpers import admin_headers, free_port, runflow_body, runflow_signature
+from tests.helpers import RedisServer, admin_headers, free_port, runflow_body, runflow_signature
 
 H = admin_headers()
+
+
+@asynccontextmanager
+async def app_client(settings: Settings, redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process with its lifespan, for settings other than the fixture's."""
+    from relay.web.app import create_app
+
+    app = create_app(settings, redis_url)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=transport, base_url="http://relay") as c:
+        yield c
 
 
 async def test_admin_routes_need_a_valid_bearer_key(client: httpx.AsyncClient) -> None:
@@ -75,20 +88,15 @@ async def test_non_http_urls_are_invalid_url(client: httpx.AsyncClient, body: ob
 
 
 async def test_private_targets_are_refused_unless_allowed(
-        settings: Settings, redis_server: object) -> None:
-    from relay.web.app import create_app
-
+        settings: Settings, redis_server: RedisServer) -> None:
     strict = settings.with_overrides(allow_private_targets=False)
-    app = create_app(strict, redis_server.url)  # type: ignore[attr-defined]
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://relay") as c:
-            for url in ("http://127.0.0.1/x", "http://10.1.2.3/x", "http://169.254.169.254/",
-                        "http://[::1]/x", "http://0x7f000001/x", "http://2130706433/x",
-                        "http://100.64.0.1/x", "http://localhost/x"):
-                r = await c.post("/v1/subscriptions", headers=H, json={"url": url})
-                assert r.status_code == 422, url
-                assert r.json()["error"]["code"] == "invalid_url"
+    async with app_client(strict, redis_server.url) as c:
+        for url in ("http://127.0.0.1/x", "http://10.1.2.3/x", "http://169.254.169.254/",
+                    "http://[::1]/x", "http://0x7f000001/x", "http://2130706433/x",
+                    "http://100.64.0.1/x", "http://localhost/x"):
+            r = await c.post("/v1/subscriptions", headers=H, json={"url": url})
+            assert r.status_code == 422, url
+            assert r.json()["error"]["code"] == "invalid_url"
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -146,29 +154,19 @@ async def test_callback_url_request_is_validated(client: httpx.AsyncClient) -> N
 
 
 async def test_runflow_route_refuses_everything_without_secrets(
-        settings: Settings, redis_server: object) -> None:
-    from relay.web.app import create_app
-
+        settings: Settings, redis_server: RedisServer) -> None:
     bare = settings.with_overrides(runflow_callback_secrets=())
-    app = create_app(bare, redis_server.url)  # type: ignore[attr-defined]
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://relay") as c:
-            body = runflow_body("no-secret")
-            r = await c.post("/callbacks/runflow", content=body,
-                             headers={"runflow-signature": runflow_signature(body)})
-            assert r.status_code == 401
+    async with app_client(bare, redis_server.url) as c:
+        body = runflow_body("no-secret")
+        r = await c.post("/callbacks/runflow", content=body,
+                         headers={"runflow-signature": runflow_signature(body)})
+        assert r.status_code == 401
 
 
 @pytest.fixture
 async def dead_redis_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    from relay.web.app import create_app
-
-    app = create_app(settings, f"redis://127.0.0.1:{free_port()}/0")
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://relay") as c:
-            yield c
+    async with app_client(settings, f"redis://127.0.0.1:{free_port()}/0") as c:
+        yield c
 
 
 async def test_unreachable_redis_gives_503_unavailable_never_a_silent_200(

@@ -15,7 +15,7 @@ from relay.delivery import DeliveryWorker
 from relay.outbound import Outbound
 from relay.service import Relay
 from relay.store import Store
-from tests.helpers import Subscriber, admin_headers, runflow_body, runflow_signature
+from tests.helpers import Subscriber, admin_headers, eventually, runflow_body, runflow_signature
 
 
 @pytest.fixture
@@ -34,7 +34,8 @@ async def subscribe(client: httpx.AsyncClient, url: str, **spec: object) -> dict
 async def callback(client: httpx.AsyncClient, run_id: str, path: str = "/callbacks/runflow",
                    **fields: object) -> str:
     body = runflow_body(run_id, **fields)
-    r = await client.post(path, content=body, headers={"runflow-signature": runflow_signature(body)})
+    headers = {"runflow-signature": runflow_signature(body)}
+    r = await client.post(path, content=body, headers=headers)
     assert r.status_code == 200, r.text
     return str(r.json()["event_id"])
 
@@ -44,9 +45,9 @@ async def deliveries_of(client: httpx.AsyncClient, event_id: str) -> list[dict[s
     return list(r.json()["deliveries"])
 
 
-async def pass_until(worker: DeliveryWorker, done: object, timeout: float = 5.0) -> None:
+async def pass_until(worker: DeliveryWorker, done: object, within: float = 5.0) -> None:
     """Run single worker passes until `done()` holds (retries come due in real time)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         await worker.run_once()
         result = done()  # type: ignore[operator]
@@ -285,10 +286,7 @@ async def test_a_hanging_subscriber_does_not_delay_another(
         for i in range(20):
             sent[await callback(client, f"run-hang-{i}")] = time.time()
             await asyncio.sleep(0.02)
-        deadline = time.time() + 5
-        while len(subscriber.received) < 20 and time.time() < deadline:
-            await asyncio.sleep(0.02)
-        assert len(subscriber.received) == 20
+        await eventually(lambda: len(subscriber.received) == 20, within=5)
         lags = [r.at - sent[r.headers["webhook-id"]] for r in subscriber.received]
         assert max(lags) < 1.0, lags
     finally:

@@ -122,23 +122,33 @@ def _sub_from_hash(h: dict[str, str]) -> Subscription:
     )
 
 
-def make_client(settings: Settings, url: str, *, socket_timeout: float = 5.0) -> aioredis.Redis:
-    """A redis-py asyncio client with bounded connections, timeouts and reconnect back-off."""
-    return aioredis.Redis.from_url(
+def make_client(settings: Settings, url: str, *, socket_timeout: float = 5.0,
+                health_check_interval: int = 10) -> aioredis.Redis:
+    """A redis-py asyncio client with a bounded pool, timeouts and reconnect back-off.
+
+    The pool blocks (up to 5 s) when all `REDIS_MAX_CONNECTIONS` are busy: redis-py's default
+    pool raises at once instead, which turned ordinary bursts of callbacks into 503s.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
-        decode_responses=True,
         max_connections=settings.redis_max_connections,
+        timeout=5,
+        decode_responses=True,
         socket_timeout=socket_timeout,
         socket_connect_timeout=5.0,
-        health_check_interval=10,
+        health_check_interval=health_check_interval,
         # The asyncio Retry class: the sync one looks compatible and silently does not retry.
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 2),
         retry_on_error=[rexc.ConnectionError],
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 class Store:
     """Redis-backed storage for one key prefix."""
+
+    # Longest a queue read blocks; an idle worker sends one read per this many seconds.
+    block_seconds = 60.0
 
     def __init__(self, settings: Settings, url: str) -> None:
         self.settings = settings
@@ -148,7 +158,9 @@ class Store:
         self.redis: Any = make_client(settings, url)
         # Blocking queue reads hold their connection for the whole BLOCK; a separate client with
         # a longer socket timeout keeps them from tripping the 5 s timeout of ordinary commands.
-        self.blocking: Any = make_client(settings, url, socket_timeout=self.block_seconds + 10)
+        # No health-check PING before each read: a failed blocking read already says as much.
+        self.blocking: Any = make_client(settings, url, socket_timeout=self.block_seconds + 10,
+                                         health_check_interval=0)
         self._retention = max(1, int(settings.event_retention))
         r = self.redis
         self._accept = r.register_script(scripts.ACCEPT)
@@ -158,7 +170,9 @@ class Store:
         self._requeue = r.register_script(scripts.REQUEUE)
         self._cancel = r.register_script(scripts.CANCEL)
 
-    block_seconds = 30.0
+    async def interrupt_reads(self) -> None:
+        """Close the blocking-read connections, ending any read in progress."""
+        await self.blocking.connection_pool.disconnect()
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -504,9 +518,11 @@ class Store:
         return {"queued": queued, "scheduled_retries": retry, "dead": dead, "subscriptions": subs}
 
     @storage_op
-    async def trim(self) -> bool:
-        """Drop index entries older than the retention, at most once a minute per deployment."""
-        if not await self.redis.set(self.keys.maintenance_lock, "1", nx=True, ex=60):
+    async def trim(self, every: float = 300.0) -> bool:
+        """Drop index entries older than the retention, at most once per `every` seconds per
+        deployment however many workers ask."""
+        if not await self.redis.set(self.keys.maintenance_lock, "1", nx=True,
+                                    ex=max(1, int(every))):
             return False
         cutoff = clock.now_ms() - self._retention * 1000
         pipe = self.redis.pipeline(transaction=False)
