@@ -10,6 +10,8 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import click
 
 from relay.cli import admin_command, fail, load_settings, main
+from relay.errors import ValidationFailed
+from relay.models import DeliveryStatus
 
 if TYPE_CHECKING:
     from relay.service import Relay
@@ -22,15 +24,11 @@ _OPTION = {"url": "--url", "events": "--event", "providers": "--provider",
            "channels": "--channel", "description": "--description",
            "technique_id": "--technique-id"}
 
-_SUBSCRIPTION_COLUMNS = [("ID", "id"), ("STATUS", "status"), ("EVENTS", "events"),
-                         ("PROVIDERS", "providers"), ("CHANNELS", "channels"), ("URL", "url")]
-_EVENT_COLUMNS = [("ID", "id"), ("EVENT", "event"), ("PROVIDER", "provider"),
-                  ("RUN", "run_id"), ("STATUS", "status"), ("OBSERVED", "observed_at")]
-_DELIVERY_COLUMNS = [("ID", "id"), ("STATUS", "status"), ("ATTEMPTS", "attempts_made"),
-                     ("EVENT", "event_id"), ("SUBSCRIPTION", "subscription_id"),
-                     ("UPDATED", "updated_at")]
-_ATTEMPT_COLUMNS = [("ATTEMPT", "attempt"), ("AT", "at"), ("STATUS", "status_code"),
-                    ("MS", "duration_ms"), ("ERROR", "error")]
+# Table columns are the JSON fields, so what a person reads is what a script gets.
+_SUBSCRIPTION_COLUMNS = ("id", "status", "events", "providers", "channels", "url")
+_EVENT_COLUMNS = ("id", "event", "provider", "run_id", "status", "observed_at")
+_DELIVERY_COLUMNS = ("id", "status", "attempts_made", "event_id", "subscription_id", "updated_at")
+_ATTEMPT_COLUMNS = ("attempt", "at", "status_code", "duration_ms", "error")
 
 
 class _OneLineUsage(click.UsageError):
@@ -82,8 +80,8 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str] | None = None) -
         click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
 
 
-def _records(docs: Iterable[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
-    table(([d.get(key) for _, key in columns] for d in docs), [h for h, _ in columns])
+def _records(docs: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
+    table(([d.get(key) for key in columns] for d in docs), [c.upper() for c in columns])
 
 
 def _fields(doc: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
@@ -102,7 +100,7 @@ def _show(doc: dict[str, Any], as_json: bool) -> None:
 
 
 def _listing(data: list[dict[str, Any]], next_cursor: str | None, as_json: bool,
-             columns: list[tuple[str, str]]) -> None:
+             columns: Sequence[str]) -> None:
     if as_json:
         _emit_json({"data": data, "next_cursor": next_cursor})
         return
@@ -133,12 +131,6 @@ def _problems_line(problems: Problems) -> str | None:
                      for p in problems.items)
 
 
-def _invalid(message: str) -> Exception:
-    from relay.errors import ValidationFailed
-
-    return ValidationFailed("validation_error", message)
-
-
 def _subscription_spec(url: str, events: tuple[str, ...], providers: tuple[str, ...],
                        channels: tuple[str, ...], description: str | None,
                        enabled: bool) -> dict[str, Any]:
@@ -157,7 +149,7 @@ def _subscription_spec(url: str, events: tuple[str, ...], providers: tuple[str, 
         spec["description"] = v.string(doc, "description", problems, max_len=1000)
     message = _problems_line(problems)
     if message:
-        raise _invalid(message)
+        raise ValidationFailed("validation_error", message)
     return spec
 
 
@@ -272,7 +264,9 @@ def callback_url(provider: str, channels: tuple[str, ...], metadata: str | None,
 
     settings = load_settings()
     problems = v.Problems()
-    doc: dict[str, Any] = {"channels": list(channels) or None, "technique_id": technique_id}
+    doc: dict[str, Any] = {"channels": list(channels) or None}
+    if technique_id is not None:
+        doc["technique_id"] = technique_id
     chosen = v.string_list(doc, "channels", problems)
     technique = v.string(doc, "technique_id", problems, max_len=256)
     message = _problems_line(problems)
@@ -358,7 +352,7 @@ def deliveries() -> None:
 @deliveries.command("list")
 @click.option("--subscription-id", help="Only this subscription's deliveries.")
 @click.option("--event-id", help="Only this event's deliveries.")
-@click.option("--status", type=click.Choice(["pending", "succeeded", "dead", "cancelled"]),
+@click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]),
               help="Only deliveries in this status.")
 @paging_options
 @json_option
@@ -407,7 +401,7 @@ async def recover(relay: Relay, subscription_id: str, since: str, as_json: bool)
         when = math.nan
     # "nan" and "inf" parse as floats but name no time (and break the millisecond conversion).
     if not math.isfinite(when):
-        raise _invalid("--since must be ISO 8601 or Unix seconds")
+        raise ValidationFailed("validation_error", "--since must be ISO 8601 or Unix seconds")
     count = await relay.recover(subscription_id, when)
     if as_json:
         _emit_json({"requeued": count})
