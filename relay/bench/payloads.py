@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 _PROMPT = ("a studio photograph of a ceramic teapot on a linen tablecloth, soft window light, "
-           "shallow depth of field, 85mm")
+           "shallow depth of field, 85mm lens, muted earth tones, morning haze, film grain")
 
 
 def signature(body: bytes, secret: str) -> str:
@@ -25,6 +25,8 @@ def callback_body(run_id: str, seq: int, extra: dict[str, object] | None = None)
         "seq": seq,
         "user_id": "usr_8c1f2d7e4b9a",
         "project_id": "prj_benchmark_0001",
+        "workflow": "product-shots/v3",
+        "request_id": "req_5b2e9c0d41f7a8e3",
         "prompt": _PROMPT,
         **(extra or {}),
     }

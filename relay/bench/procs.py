@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -56,6 +57,14 @@ class Child:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far (Linux /proc), 0 when unavailable."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -79,6 +88,8 @@ class Children:
 
     log_dir: Path
     started: list[Child] = field(default_factory=list)
+    # Processes that ignored SIGTERM for `timeout` seconds and had to be killed.
+    forced: list[str] = field(default_factory=list)
 
     def start(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> Child:
         log_path = self.log_dir / f"{name}-{len(self.started)}.log"
@@ -99,6 +110,8 @@ class Children:
             try:
                 child.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.forced.append(f"{child.name} was still running {timeout:g} s after SIGTERM "
+                                   "and was killed")
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.proc.pid, signal.SIGKILL)
                 child.proc.wait()
@@ -108,6 +121,52 @@ class Children:
     def close(self) -> None:
         for child in reversed(list(self.started)):
             self.stop(child, timeout=3.0)
+
+
+def _cpu_times() -> tuple[int, int]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+
+def cpu_busy(seconds: float = 1.0) -> float | None:
+    """Fraction of all CPUs busy over `seconds` (Linux /proc/stat); None when unknown."""
+    try:
+        total0, idle0 = _cpu_times()
+        time.sleep(seconds)
+        total1, idle1 = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1 - (idle1 - idle0) / (total1 - total0) if total1 > total0 else None
+
+
+def _own_cpu_seconds() -> float:
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+class CpuWindow:
+    """Machine CPU use over a window, split into the benchmark's and everything else's.
+
+    The benchmark's share is this process, its reaped children (wrk) and `procs`, which must
+    still be running when `close()` is called. Figures are in CPUs (0 to os.cpu_count()).
+    """
+
+    def __init__(self, procs: Sequence[Child]) -> None:
+        self.procs = list(procs)
+        self.started = time.monotonic()
+        self.machine = _cpu_times()
+        self.own = _own_cpu_seconds() + sum(c.cpu_seconds() for c in self.procs)
+
+    def close(self) -> tuple[float, float]:
+        """(busy CPUs, CPUs used by processes that are not the benchmark's)."""
+        wall = max(time.monotonic() - self.started, 1e-6)
+        total, idle = _cpu_times()
+        busy = ((total - self.machine[0]) - (idle - self.machine[1])) / os.sysconf("SC_CLK_TCK")
+        own = _own_cpu_seconds() + sum(c.cpu_seconds() for c in self.procs) - self.own
+        return busy / wall, max(0.0, busy - own) / wall
 
 
 def python_module(module: str, *args: str) -> list[str]:

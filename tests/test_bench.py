@@ -1,0 +1,43 @@
+"""`python -m relay.bench --tiny` runs end to end and prints the ingest and e2e rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(shutil.which("wrk") is None,
+                    reason="wrk is not on PATH (apt-get install -y wrk); CI installs it")
+def test_tiny_bench_prints_the_table_and_exits_0(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay.bench", "--tiny", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=55,
+    )
+    report = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, report
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("ingest: relay web") for line in lines), report
+    assert any(line.startswith("ingest: baseline") for line in lines), report
+    assert any(line.startswith("ingest: relay / baseline") for line in lines), report
+    assert any(line.startswith("end to end:") for line in lines), report
+    assert "all measurements valid" in proc.stdout, report
+
+    doc = json.loads(out.read_text())
+    assert doc["valid"] is True
+    relay_run = doc["ingest"]["relay"]["runs"][0]
+    assert relay_run["wrk"]["requests"] > 0 and relay_run["wrk"]["non2xx"] == 0
+    assert relay_run["duplicates"] == 0
+    e2e = doc["e2e"]["runs"][0]
+    assert e2e["delivered"] == e2e["sent"] > 0
+    assert e2e["bad_signatures"] == 0
