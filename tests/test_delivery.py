@@ -15,7 +15,14 @@ from relay.delivery import DeliveryWorker
 from relay.outbound import Outbound
 from relay.service import Relay
 from relay.store import Store
-from tests.helpers import Subscriber, admin_headers, eventually, runflow_body, runflow_signature
+from tests.helpers import (
+    RedisServer,
+    Subscriber,
+    admin_headers,
+    eventually,
+    runflow_body,
+    runflow_signature,
+)
 
 
 @pytest.fixture
@@ -332,3 +339,78 @@ async def test_events_read_api_shows_envelope_and_deliveries(
     listed = (await client.get("/v1/deliveries?status=succeeded", headers=admin_headers())).json()
     assert [d["event_id"] for d in listed["data"]] == [event_id]
     assert json.loads(subscriber.received[0].body)["error"]["code"] == "OOM"
+
+
+async def test_failing_longer_than_disable_after_disables_the_subscription(
+        client: httpx.AsyncClient, relay: Relay, redis_server: RedisServer) -> None:
+    """Failures with no success for RELAY_DISABLE_AFTER (0.3 s here) disable it."""
+    failing = Subscriber(behaviour=lambda n: (500, {}, 0.0)).start()
+    strict = relay.settings.with_overrides(disable_after=0.3, retry_schedule=(0.2, 0.2, 0.2))
+    outbound = Outbound(allow_private=True)
+    store = Store(strict, redis_server.url)
+    worker = DeliveryWorker(Relay(strict, store), outbound, name="w-disable")
+    try:
+        sub = await subscribe(client, failing.url)
+        event_id = await callback(client, "run-disable-after")
+
+        async def cancelled() -> bool:
+            return (await deliveries_of(client, event_id))[0]["status"] == "cancelled"
+
+        await pass_until(worker, cancelled)
+        shown = (await client.get(f"/v1/subscriptions/{sub['id']}", headers=admin_headers()))
+        assert shown.json()["status"] == "disabled"
+        assert "RELAY_DISABLE_AFTER" in shown.json()["disabled_reason"]
+        assert 2 <= len(failing.received) <= 3
+    finally:
+        await outbound.aclose()
+        await store.aclose()
+        failing.stop()
+
+
+async def test_a_success_resets_the_failure_clock(
+        client: httpx.AsyncClient, relay: Relay, redis_server: RedisServer) -> None:
+    """Alternating failure and success never reaches RELAY_DISABLE_AFTER."""
+    flip = Subscriber(behaviour=lambda n: (500 if n % 2 == 0 else 200, {}, 0.0)).start()
+    strict = relay.settings.with_overrides(disable_after=0.3, retry_schedule=(0.25,))
+    outbound = Outbound(allow_private=True)
+    store = Store(strict, redis_server.url)
+    worker = DeliveryWorker(Relay(strict, store), outbound, name="w-reset")
+    try:
+        sub = await subscribe(client, flip.url)
+        for i in range(3):
+            event_id = await callback(client, f"run-reset-{i}")
+
+            async def succeeded(event_id: str = event_id) -> bool:
+                return (await deliveries_of(client, event_id))[0]["status"] == "succeeded"
+
+            await pass_until(worker, succeeded)
+        shown = await client.get(f"/v1/subscriptions/{sub['id']}", headers=admin_headers())
+        assert shown.json()["status"] == "enabled"
+    finally:
+        await outbound.aclose()
+        await store.aclose()
+        flip.stop()
+
+
+async def test_worker_stops_promptly_with_deliveries_in_flight(
+        client: httpx.AsyncClient, relay: Relay) -> None:
+    """Stop with slow attempts in flight: they are handed back, none is lost or counted."""
+    slow = Subscriber(behaviour=lambda n: (200, {}, 3.0)).start()
+    outbound = Outbound(allow_private=True)
+    stop = asyncio.Event()
+    worker = DeliveryWorker(relay, outbound, name="w-stop")
+    task = asyncio.create_task(worker.run(stop, grace=0.2))
+    try:
+        await subscribe(client, slow.url)
+        ids = [await callback(client, f"run-stop-{i}") for i in range(5)]
+        await eventually(lambda: len(slow.received) == 5, within=5)
+        started = time.monotonic()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        assert time.monotonic() - started < 3
+        for event_id in ids:
+            (d,) = await deliveries_of(client, event_id)
+            assert d["status"] == "pending" and d["attempts_made"] == 0
+    finally:
+        await outbound.aclose()
+        slow.stop()
