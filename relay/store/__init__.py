@@ -2,58 +2,28 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 from redis import exceptions as rexc
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from relay import clock
 from relay.config import Settings
-from relay.errors import StorageUnavailable
 from relay.models import Subscription, SubscriptionStatus
 from relay.store import scripts
+from relay.store.client import make_client, storage_op
 from relay.store.keys import GROUP, Keys, retry_member
+from relay.store.paging import Page, page_index
 
 __all__ = ["Page", "QueueEntry", "Store", "open_store"]
 
-P = ParamSpec("P")
 T = TypeVar("T")
-
-# Errors that mean "Redis cannot take this now", as opposed to a bug in a command.
-_UNAVAILABLE_PREFIXES = ("OOM", "MISCONF", "READONLY", "LOADING", "CLUSTERDOWN", "MASTERDOWN",
-                         "TRYAGAIN", "BUSY ")
 
 # Attempts kept per delivery; a subscriber retried for days would otherwise grow without bound.
 ATTEMPT_LOG_CAP = 50
-
-
-def _unavailable(exc: Exception) -> bool:
-    if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError):
-        return True
-    return isinstance(exc, rexc.ResponseError) and str(exc).startswith(_UNAVAILABLE_PREFIXES)
-
-
-def storage_op(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Turn Redis being unreachable, hung or full into StorageUnavailable (HTTP 503)."""
-
-    @wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await fn(*args, **kwargs)
-        except Exception as exc:
-            if _unavailable(exc):
-                raise StorageUnavailable(f"storage is unavailable: {type(exc).__name__}") from exc
-            raise
-
-    return wrapper
 
 
 @dataclass(frozen=True)
@@ -63,27 +33,6 @@ class QueueEntry:
     entry_id: str
     delivery_id: str
     event_id: str
-
-
-@dataclass(frozen=True)
-class Page:
-    """One page of a newest-first listing."""
-
-    ids: list[str]
-    next_cursor: str | None
-
-
-def _encode_cursor(score: float, member: str) -> str:
-    return base64.urlsafe_b64encode(f"{score:.0f}:{member}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[float, str] | None:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, member = raw.split(":", 1)
-        return float(score), member
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 def _sub_to_hash(sub: Subscription) -> dict[str, str]:
@@ -120,28 +69,6 @@ def _sub_from_hash(h: dict[str, str]) -> Subscription:
         old_secret=h.get("old_secret") or None,
         old_secret_until=(int(h.get("old_secret_until") or 0) / 1000) or None,
     )
-
-
-def make_client(settings: Settings, url: str, *, socket_timeout: float = 5.0,
-                health_check_interval: int = 10) -> aioredis.Redis:
-    """A redis-py asyncio client with a bounded pool, timeouts and reconnect back-off.
-
-    The pool blocks (up to 5 s) when all `REDIS_MAX_CONNECTIONS` are busy: redis-py's default
-    pool raises at once instead, which turned ordinary bursts of callbacks into 503s.
-    """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=settings.redis_max_connections,
-        timeout=5,
-        decode_responses=True,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=5.0,
-        health_check_interval=health_check_interval,
-        # The asyncio Retry class: the sync one looks compatible and silently does not retry.
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 2),
-        retry_on_error=[rexc.ConnectionError],
-    )
-    return aioredis.Redis.from_pool(pool)
 
 
 class Store:
@@ -276,7 +203,7 @@ class Store:
                 for row in rows
             ]
 
-        return await self._page(index, limit, cursor, keep)
+        return await page_index(self.redis, index, limit, cursor, keep)
 
     # ---- subscriptions ------------------------------------------------------------------
 
@@ -308,7 +235,7 @@ class Store:
         async def keep(ids: list[str]) -> list[bool]:
             return [True] * len(ids)
 
-        return await self._page(self.keys.subs, limit, cursor, keep)
+        return await page_index(self.redis, self.keys.subs, limit, cursor, keep)
 
     @storage_op
     async def load_subscriptions(self) -> tuple[str, list[Subscription]]:
@@ -502,7 +429,7 @@ class Store:
             ids.reverse()
             flags = await keep(ids)
             return Page([i for i, ok in zip(ids, flags, strict=True) if ok][:limit], None)
-        return await self._page(index, limit, cursor, keep, min_score=since_ms)
+        return await page_index(self.redis, index, limit, cursor, keep, min_score=since_ms)
 
     # ---- metrics and maintenance --------------------------------------------------------
 
@@ -533,49 +460,6 @@ class Store:
         await pipe.execute()
         return True
 
-    # ---- helpers ------------------------------------------------------------------------
-
-    async def _page(
-        self,
-        index: str,
-        limit: int,
-        cursor: str | None,
-        keep: Callable[[list[str]], Awaitable[list[bool]]],
-        *,
-        min_score: int | None = None,
-        scan_cap: int = 2000,
-    ) -> Page:
-        """Newest-first page of `index` filtered by `keep`; scans at most `scan_cap` entries so a
-        rare filter cannot make one request walk a week of events."""
-        top: float | str = "+inf"
-        after: str | None = None
-        if cursor:
-            decoded = _decode_cursor(cursor)
-            if decoded is not None:
-                top, after = decoded[0], decoded[1]
-        bottom: float | str = "-inf" if min_score is None else min_score
-        out: list[str] = []
-        scanned = 0
-        last: tuple[float, str] | None = None
-        offset = 0
-        while len(out) < limit and scanned < scan_cap:
-            batch = await self.redis.zrevrangebyscore(
-                index, top, bottom, start=offset, num=max(limit * 2, 50), withscores=True
-            )
-            if not batch:
-                return Page(out, None)
-            offset += len(batch)
-            fresh = [(m, s) for m, s in batch
-                     if not (after is not None and s == top and m >= after)]
-            scanned += len(batch)
-            flags = await keep([m for m, _ in fresh]) if fresh else []
-            for (member, score), ok in zip(fresh, flags, strict=True):
-                last = (score, member)
-                if ok:
-                    out.append(member)
-                    if len(out) == limit:
-                        break
-        return Page(out, _encode_cursor(*last) if last else None)
 
 
 @asynccontextmanager
