@@ -98,12 +98,8 @@ class Relay:
         return doc
 
     async def event_summaries(self, page: Page) -> list[dict[str, Any]]:
-        out = []
-        for event_id in page.ids:
-            stored = await self.store.get_event(event_id)
-            if stored is not None:
-                out.append(json.loads(stored["body"]))
-        return out
+        bodies = await self.store.get_event_bodies(page.ids)
+        return [json.loads(b) for b in bodies if b is not None]
 
     async def redeliver(self, event_id: str, sub_ids: list[str] | None) -> list[str]:
         stored = await self.store.get_event(event_id)

@@ -197,3 +197,19 @@ async def test_unknown_routes_and_methods_use_the_error_shape(client: httpx.Asyn
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = await client.get("/callbacks/runflow")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_events_filter_by_run_id_without_provider_and_by_type(
+        client: httpx.AsyncClient) -> None:
+    ids = {}
+    for run_id, event in (("f-1", "run.completed"), ("f-2", "run.failed"), ("f-3", "run.failed")):
+        body = runflow_body(run_id, event=event)
+        r = await client.post("/callbacks/runflow", content=body,
+                              headers={"runflow-signature": runflow_signature(body)})
+        ids[run_id] = r.json()["event_id"]
+    by_run = (await client.get("/v1/events?run_id=f-2", headers=H)).json()["data"]
+    assert [e["id"] for e in by_run] == [ids["f-2"]]
+    failed = (await client.get("/v1/events?type=run.failed", headers=H)).json()["data"]
+    assert [e["id"] for e in failed] == [ids["f-3"], ids["f-2"]]
+    none = (await client.get("/v1/events?provider=flora", headers=H)).json()
+    assert none == {"data": [], "next_cursor": None}

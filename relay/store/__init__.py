@@ -22,6 +22,9 @@ __all__ = ["Page", "QueueEntry", "Store", "open_store"]
 
 T = TypeVar("T")
 
+# Providers whose runs have their own event index, for `run_id` lookups without a provider.
+PROVIDERS = ("runflow", "betterprompt", "flora", "relay")
+
 # Attempts kept per delivery; a subscriber retried for days would otherwise grow without bound.
 ATTEMPT_LOG_CAP = 50
 
@@ -173,6 +176,13 @@ class Store:
         return h or None
 
     @storage_op
+    async def get_event_bodies(self, event_ids: list[str]) -> list[str | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for event_id in event_ids:
+            pipe.hget(self.keys.event(event_id), "body")
+        return list(await pipe.execute())
+
+    @storage_op
     async def event_delivery_ids(self, event_id: str) -> list[str]:
         return list(await self.redis.lrange(self.keys.event_deliveries(event_id), 0, -1))
 
@@ -187,8 +197,13 @@ class Store:
         cursor: str | None,
     ) -> Page:
         index = self.keys.events
-        if provider and run_id:
-            index = self.keys.run_events(provider, run_id)
+        if run_id:
+            # A run's own index answers at once; without a provider, the first one that has it.
+            for name in [provider] if provider else list(PROVIDERS):
+                candidate = self.keys.run_events(name, run_id)
+                if provider or await self.redis.exists(candidate):
+                    index = candidate
+                    break
 
         async def keep(ids: list[str]) -> list[bool]:
             pipe = self.redis.pipeline(transaction=False)

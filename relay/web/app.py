@@ -82,11 +82,17 @@ def admin(handler: Handler) -> Handler:
     return wrapped
 
 
+def route_of(request: Request) -> str:
+    """The matched route's template: a logged path must not carry a callback-URL token."""
+    route = request.scope.get("route")
+    return str(getattr(route, "path", "unmatched"))
+
+
 async def relay_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RelayError)
     if isinstance(exc, StorageUnavailable):
         metrics.STORAGE_ERRORS.inc()
-        log.warning("storage_unavailable", path=request.url.path, error=exc.message)
+        log.warning("storage_unavailable", route=route_of(request), error=exc.message)
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
@@ -101,7 +107,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled_error", path=request.url.path)
+    log.exception("unhandled_error", route=route_of(request))
     return JSONResponse({"error": {"code": "internal_error", "message": "internal error"}},
                         status_code=500)
 
