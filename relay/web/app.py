@@ -147,7 +147,7 @@ def create_app(
     background: list[Background] | None = None,
 ) -> Starlette:
     """The HTTP app; `background` tasks (the workers of `relay serve`) share its lifespan."""
-    from relay.web import admin_routes, callbacks, openapi
+    from relay.web import admin_routes, callbacks, openapi, ui
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -174,6 +174,7 @@ def create_app(
     routes = [
         *callbacks.routes,
         *admin_routes.routes,
+        *ui.routes,
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

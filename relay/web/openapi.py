@@ -186,6 +186,7 @@ ERRORS: dict[str, tuple[int, str, str]] = {  # code: (status, example message, 4
     "unauthorized": (401, "a valid API key is required: Authorization: Bearer <key>", ""),
     "invalid_signature": (401, "the signature does not match the body", ""),
     "invalid_token": (401, "the callback token is not valid", ""),
+    "forbidden": (403, "log in again: the form has expired", ""),
     "not_found": (404, "no such resource", ""),
     "payload_too_large": (413, "the body is larger than the limit", ""),
     "invalid_envelope": (422, "the body is not a callback envelope", "run_id"),
@@ -295,6 +296,21 @@ def public(op_id: str, summary: str, response: dict[str, Doc], *errs: str) -> Do
     return op(op_id, summary, response, errs=errs, auth=False)
 
 
+def html(op_id: str, summary: str, *errs: str) -> Doc:
+    """A dashboard page: HTML for a logged-in session, else the login form (a 303 for details)."""
+    return public(op_id, summary, {**ok(200, "HTML.", STR, "text/html"),
+                                   "303": {"description": "Not logged in: to /ui."}}, *errs)
+
+
+def form(op_id: str, summary: str, *errs: str) -> Doc:
+    """A dashboard form post (urlencoded, with the session's `csrf` field); answers a 303."""
+    doc = public(op_id, summary, {"303": {"description": "Done: back to a dashboard page."}},
+                 "payload_too_large", *errs)
+    doc["requestBody"] = {"required": True, "content": {"application/x-www-form-urlencoded": {
+        "schema": {"type": "object", "properties": {"csrf": STR, "api_key": STR}}}}}
+    return doc
+
+
 NOT_FOUND = ("not_found",)
 PATHS: dict[str, dict[str, Doc]] = {
     "/callbacks/runflow": {"post": callback("runflow", token=False)},
@@ -358,6 +374,16 @@ PATHS: dict[str, dict[str, Doc]] = {
     "/v1/deliveries/{id}/retry": {
         "post": op("retry_delivery", "Queue a delivery for another attempt now",
                    ok(202, "Queued.", "DeliveryWithAttempts"), errs=NOT_FOUND)},
+    "/ui": {"get": html("dashboard", "The operator dashboard, or its API-key login form")},
+    "/ui/login": {"post": form("dashboard_login", "Log in with an API key (sets a signed "
+                               "session cookie)")},
+    "/ui/logout": {"post": form("dashboard_logout", "Log out", "forbidden")},
+    "/ui/events/{id}": {"get": html("dashboard_event", "An event and its deliveries",
+                                    "not_found")},
+    "/ui/deliveries/{id}": {"get": html("dashboard_delivery", "A delivery and its attempts",
+                                        "not_found")},
+    "/ui/deliveries/{id}/retry": {"post": form("dashboard_retry", "Retry a delivery now",
+                                               "forbidden", "not_found")},
     "/healthz": {"get": public("healthz", "Liveness", ok(200, "The process runs.", "Ok"))},
     "/readyz": {"get": public("readyz", "Readiness: Redis answers",
                               ok(200, "Ready.", "Ok"), "unavailable")},
