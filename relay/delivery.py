@@ -91,6 +91,11 @@ class DeliveryWorker:
             asyncio.create_task(self._guarded(self._maintenance_loop), name="maintenance"),
         ]
         log.info("worker_started", consumer=self.name)
+        if self.settings.claim_timeout <= self.settings.delivery_timeout:
+            log.warning("claim_timeout_too_short", claim_timeout=self.settings.claim_timeout,
+                        delivery_timeout=self.settings.delivery_timeout,
+                        consequence="a slow attempt may be taken over and sent twice; keep "
+                                    "RELAY_CLAIM_TIMEOUT above RELAY_DELIVERY_TIMEOUT")
         await stop.wait()
         self._stopping = True
         for task in loops:

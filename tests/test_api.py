@@ -189,7 +189,7 @@ async def test_ops_endpoints(client: httpx.AsyncClient) -> None:
                       headers={"runflow-signature": runflow_signature(body)})
     text = (await client.get("/metrics")).text
     assert 'relay_callbacks_total{outcome="accepted",provider="runflow"}' in text
-    assert 'relay_queue_depth{state="queued"}' in text
+    assert 'relay_queue_depth{state="pending"} 0.0' in text
 
 
 async def test_unknown_routes_and_methods_use_the_error_shape(client: httpx.AsyncClient) -> None:

@@ -450,14 +450,14 @@ class Store:
 
     @storage_op
     async def depths(self) -> dict[str, int]:
-        """Queue depths for /metrics: ready or in flight, scheduled retries, dead, subs."""
+        """Queue depths for /metrics: pending (queued or in flight), scheduled retries, dead."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.xlen(self.keys.queue)
         pipe.zcard(self.keys.retry)
         pipe.zcard(self.keys.dead)
         pipe.zcard(self.keys.subs)
         queued, retry, dead, subs = await pipe.execute()
-        return {"queued": queued, "scheduled_retries": retry, "dead": dead, "subscriptions": subs}
+        return {"pending": queued, "scheduled_retries": retry, "dead": dead, "subscriptions": subs}
 
     @storage_op
     async def trim(self, every: float = 300.0) -> bool:

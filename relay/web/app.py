@@ -130,7 +130,7 @@ async def metrics_endpoint(request: Request) -> Response:
     with contextlib.suppress(StorageUnavailable, TimeoutError):
         async with asyncio.timeout(1.5):
             depths = await state_of(request).store.depths()
-        metrics.QUEUE_DEPTH.labels("queued").set(depths["queued"])
+        metrics.QUEUE_DEPTH.labels("pending").set(depths["pending"])
         metrics.QUEUE_DEPTH.labels("scheduled_retries").set(depths["scheduled_retries"])
         metrics.QUEUE_DEPTH.labels("dead").set(depths["dead"])
         metrics.SUBSCRIPTIONS.set(depths["subscriptions"])

@@ -130,7 +130,7 @@ async def dashboard(request: Request) -> Response:
     body = (
         f"<form class=inline method=post action=/ui/logout><input type=hidden name=csrf "
         f'value="{escape(csrf)}"><button>Log out</button></form>'
-        f"<p>queued {depths['queued']} · scheduled retries {depths['scheduled_retries']} · "
+        f"<p>pending {depths['pending']} · scheduled retries {depths['scheduled_retries']} · "
         f"dead {depths['dead']}</p>"
         "<h2>Subscriptions</h2>"
         + _table([s.public() for s in subs.values() if s],
