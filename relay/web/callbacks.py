@@ -17,7 +17,8 @@ log = structlog.get_logger("relay.ingest")
 
 async def callback(request: Request) -> Response:
     """Verify and accept a provider callback (CONTRACT 4.1)."""
-    provider_name = request.url.path.split("/")[2]
+    # The raw scope path: building request.url costs a parse per callback.
+    provider_name = request.scope["path"].split("/")[2]
     token = request.path_params.get("token")
     state = state_of(request)
     provider = state.providers[provider_name]
