@@ -85,11 +85,15 @@ class Store:
         self.keys = Keys(settings.key_prefix)
         # Typed Any on purpose: redis-py's annotations cannot express decode_responses=True, so
         # every reply would be typed bytes | str although this client only ever returns str.
-        self.redis: Any = make_client(settings, url)
+        # REDIS_MAX_CONNECTIONS caps the process: one connection for blocking reads, the rest
+        # for everything else.
+        self.redis: Any = make_client(settings, url,
+                                      max_connections=max(settings.redis_max_connections - 1, 1))
         # Blocking queue reads hold their connection for the whole BLOCK; a separate client with
         # a longer socket timeout keeps them from tripping the 5 s timeout of ordinary commands.
         # No health-check PING before each read: a failed blocking read already says as much.
-        self.blocking: Any = make_client(settings, url, socket_timeout=self.block_seconds + 10,
+        self.blocking: Any = make_client(settings, url, max_connections=1,
+                                         socket_timeout=self.block_seconds + 10,
                                          health_check_interval=0)
         self._retention = max(1, int(settings.event_retention))
         r = self.redis

@@ -42,8 +42,8 @@ def storage_op(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
-def make_client(settings: Settings, url: str, *, socket_timeout: float = 5.0,
-                health_check_interval: int = 10) -> aioredis.Redis:
+def make_client(settings: Settings, url: str, *, max_connections: int,
+                socket_timeout: float = 5.0, health_check_interval: int = 10) -> aioredis.Redis:
     """A redis-py asyncio client with a bounded pool, timeouts and reconnect back-off.
 
     The pool blocks (up to 5 s) when all `REDIS_MAX_CONNECTIONS` are busy: redis-py's default
@@ -51,7 +51,7 @@ def make_client(settings: Settings, url: str, *, socket_timeout: float = 5.0,
     """
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
-        max_connections=settings.redis_max_connections,
+        max_connections=max_connections,
         timeout=5,
         decode_responses=True,
         socket_timeout=socket_timeout,
