@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -39,7 +40,7 @@ async def subscribe(client: httpx.AsyncClient, url: str, **spec: object) -> dict
 
 
 async def callback(client: httpx.AsyncClient, run_id: str, path: str = "/callbacks/runflow",
-                   **fields: object) -> str:
+                   **fields: Any) -> str:
     body = runflow_body(run_id, **fields)
     headers = {"runflow-signature": runflow_signature(body)}
     r = await client.post(path, content=body, headers=headers)

@@ -8,6 +8,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,7 +27,7 @@ from tests.helpers import (
 )
 
 
-def send_callback(base_url: str, run_id: str, **fields: object) -> httpx.Response:
+def send_callback(base_url: str, run_id: str, **fields: Any) -> httpx.Response:
     body = runflow_body(run_id, **fields)
     return httpx.post(f"{base_url}/callbacks/runflow", content=body,
                       headers={"runflow-signature": runflow_signature(body)}, timeout=5)
