@@ -198,8 +198,9 @@ class DeliveryWorker:
         await self.relay.subs.refresh(version)
         for entry, (delivery, body) in zip(entries, loaded, strict=True):
             sub = self.relay.subs.subs.get(delivery.get("sub", "")) if delivery else None
-            if not delivery or body is None or delivery.get("st") != "pending":
-                # Expired, already settled, or queued twice: release the entry, nothing to send.
+            if (not delivery or body is None or delivery.get("st") != "pending"
+                    or delivery.get("g", "0") != entry.generation):
+                # Expired, settled, or superseded by a requeue: release the entry, send nothing.
                 await self.store.finish(entry, sub_id=delivery.get("sub", "-") if delivery
                                         else "-", outcome="cancel", attempt=None)
                 continue

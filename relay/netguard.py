@@ -58,7 +58,7 @@ def literal_ip(host: str) -> IPAddress | None:
         pass
     try:
         return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL
         return None
 
 
@@ -86,17 +86,19 @@ async def resolve(host: str, port: int, *, allow_private: bool) -> list[IPAddres
 
 async def check_url(url: str, *, allow_private: bool) -> None:
     """422 invalid_url unless `url` is http(s) and resolves only to permitted addresses."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:  # "http://[x/", a port out of range
+        raise ValidationFailed("invalid_url", f"the URL cannot be parsed: {exc}",
+                               details=[{"field": "url", "problem": str(exc)}]) from None
+    if parts.scheme not in ("http", "https") or not host or any(
+            ord(c) < 33 or c == "\x7f" for c in host):
         raise ValidationFailed("invalid_url", "the URL must be an absolute http:// or https:// URL",
                                details=[{"field": "url", "problem": "not an http(s) URL"}])
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise ValidationFailed("invalid_url", "the URL has an invalid port",
-                               details=[{"field": "url", "problem": "invalid port"}]) from None
-    try:
-        await resolve(parts.hostname, port, allow_private=allow_private)
+        await resolve(host, port, allow_private=allow_private)
     except BlockedAddress as exc:
         raise ValidationFailed("invalid_url", str(exc),
                                details=[{"field": "url", "problem": str(exc)}]) from None

@@ -12,6 +12,7 @@ import socket
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -64,6 +65,7 @@ class Outbound:
     """A pooled HTTP client for deliveries (and, later, provider polls)."""
 
     def __init__(self, *, allow_private: bool, limit: int = 512) -> None:
+        self._allow_private = allow_private
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(allow_private=allow_private),
             limit=limit,
@@ -81,10 +83,25 @@ class Outbound:
     async def aclose(self) -> None:
         await self.session.close()
 
+    def _refuse_literal(self, url: str) -> str | None:
+        """aiohttp connects to an IP literal without asking the resolver: check it here."""
+        try:
+            host = urlsplit(url).hostname or ""
+        except ValueError:
+            return "the URL cannot be parsed"
+        ip = netguard.literal_ip(host)
+        if ip is None:
+            return None
+        reason = netguard.blocked_reason(ip, allow_private=self._allow_private)
+        return None if reason is None else f"refused: {host} is {reason}"
+
     async def post(self, url: str, body: bytes, headers: dict[str, str], deadline: float
                    ) -> Answer:
         """POST with a deadline covering connect to last byte; never follows redirects."""
         started = time.perf_counter()
+        refused = self._refuse_literal(url)
+        if refused is not None:
+            return Answer(None, "", 0, refused, None)
         try:
             async with asyncio.timeout(deadline):
                 async with self.session.post(

@@ -163,7 +163,8 @@ class Relay:
                 sub.disabled_reason = "disabled by an operator"
                 disabling = True
         sub.updated_at = clock.now()
-        await self.store.save_subscription(sub)
+        # Re-enabling starts the RELAY_DISABLE_AFTER clock afresh.
+        await self.store.save_subscription(sub, reset_failures=bool(changes.get("enabled")))
         if disabling:
             await self.store.cancel_pending(sub_id)
         return sub
@@ -211,7 +212,8 @@ class Relay:
             for delivery_id in page.ids:
                 if await self.store.requeue(delivery_id) == "dead":
                     count += 1
-            if page.next_cursor is None or not page.ids:
+            # A page can come back empty with a cursor (the scan cap met only successes).
+            if page.next_cursor is None:
                 return count
             cursor = page.next_cursor
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,13 +31,26 @@ def _reject_constant(name: str) -> None:
     raise ValueError(name)
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: valid JSON syntax, but no JSON number can hold it
+        raise ValueError(text)
+    return value
+
+
 def parse_json(body: bytes) -> Any:
-    """Strict UTF-8 JSON (no NaN, Infinity, BOM or UTF-16, which other parsers reject, and
-    which could not be spliced byte for byte into relay's UTF-8 event) or InvalidJSON."""
+    """Strict JSON or InvalidJSON: UTF-8 only (no BOM or UTF-16), no NaN or Infinity, no number
+    that overflows a float, and no lone surrogate escape, so that whatever is accepted can be
+    re-encoded, spliced byte for byte into relay's UTF-8 event, and read by any subscriber."""
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+        doc = json.loads(body.decode("utf-8"), parse_constant=_reject_constant,
+                         parse_float=_finite_float)
+        if b"\\u" in body:
+            # Only an escape can produce a lone surrogate; encoding finds it.
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError, UnicodeEncodeError):
         raise InvalidJSON("the body is not valid JSON") from None
+    return doc
 
 
 def merge_metadata(sent: Any, attached: Any) -> Any:

@@ -78,8 +78,10 @@ class Runflow:
         duration = doc.get("duration_ms")
         if duration is not None and (
             isinstance(duration, bool) or not isinstance(duration, int | float)
+            or not 0 <= duration < 2**63
         ):
-            problems.append({"field": "duration_ms", "problem": "must be a number or null"})
+            problems.append({"field": "duration_ms",
+                             "problem": "must be a non-negative number of milliseconds or null"})
         for name in ("created_at", "completed_at"):
             if doc.get(name) is not None and not isinstance(doc[name], str):
                 problems.append({"field": name, "problem": "must be an ISO 8601 string or null"})

@@ -36,6 +36,11 @@ class QueueEntry:
     entry_id: str
     delivery_id: str
     event_id: str
+    generation: str = "0"
+
+    @property
+    def retry_member(self) -> str:
+        return retry_member(self.delivery_id, self.event_id, self.generation)
 
 
 def _sub_to_hash(sub: Subscription) -> dict[str, str]:
@@ -121,10 +126,13 @@ class Store:
     @storage_op
     async def server_info(self) -> dict[str, str]:
         info = await self.redis.info("server")
-        policy = await self.redis.config_get("maxmemory-policy")
+        try:
+            policy = (await self.redis.config_get("maxmemory-policy")).get("maxmemory-policy")
+        except rexc.ResponseError:
+            policy = None  # managed Redis often disables CONFIG
         return {
             "redis_version": str(info.get("redis_version", "0")),
-            "maxmemory_policy": str(policy.get("maxmemory-policy", "unknown")),
+            "maxmemory_policy": str(policy or "unknown (CONFIG GET is not allowed)"),
         }
 
     @storage_op
@@ -227,9 +235,12 @@ class Store:
     # ---- subscriptions ------------------------------------------------------------------
 
     @storage_op
-    async def save_subscription(self, sub: Subscription, *, new: bool = False) -> None:
+    async def save_subscription(self, sub: Subscription, *, new: bool = False,
+                                reset_failures: bool = False) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.sub(sub.id), mapping=_sub_to_hash(sub))
+        if reset_failures:
+            pipe.hdel(self.keys.sub(sub.id), "fail_since")
         if new:
             pipe.zadd(self.keys.subs, {sub.id: int(sub.created_at * 1000)})
         pipe.incr(self.keys.subs_version)
@@ -246,7 +257,9 @@ class Store:
         pipe.delete(self.keys.sub(sub_id))
         pipe.zrem(self.keys.subs, sub_id)
         pipe.incr(self.keys.subs_version)
-        deleted, _, _ = await pipe.execute()
+        # Its deliveries stay readable for the retention, then the index goes with them.
+        pipe.expire(self.keys.sub_deliveries(sub_id), self._retention)
+        deleted, _, _, _ = await pipe.execute()
         return bool(deleted)
 
     @storage_op
@@ -289,12 +302,8 @@ class Store:
             if not ids:
                 return total
             start += len(ids)
-            evs = await self.redis.eval(
-                "local o = {} for i, key in ipairs(KEYS) do o[i] = redis.call('HGET', key, 'ev')"
-                " or '' end return o", len(ids), *[k.delivery(i) for i in ids]
-            )
             keys = [k.retry] + [k.delivery(i) for i in ids]
-            args = [now] + [retry_member(i, e) for i, e in zip(ids, evs, strict=True)]
+            args = [now, *ids]
             total += int(await self._cancel(keys=keys, args=args))
 
     # ---- deliveries: the queue ----------------------------------------------------------
@@ -321,7 +330,7 @@ class Store:
 
         answer = await self._with_group(call)
         return [
-            QueueEntry(entry_id, fields["d"], fields["e"])
+            QueueEntry(entry_id, fields["d"], fields["e"], fields.get("g", "0"))
             for _stream, entries in (answer or [])
             for entry_id, fields in entries
             if fields
@@ -337,7 +346,7 @@ class Store:
             )
 
         answer = await self._with_group(call)
-        return [QueueEntry(i, f["d"], f["e"]) for i, f in answer[1] if f]
+        return [QueueEntry(i, f["d"], f["e"], f.get("g", "0")) for i, f in answer[1] if f]
 
     @storage_op
     async def load_for_attempt(
@@ -368,10 +377,10 @@ class Store:
         status = await self._finish(
             keys=[k.delivery(entry.delivery_id), k.attempts(entry.delivery_id), k.queue,
                   k.retry, k.dead, k.sub(sub_id), k.subs_version],
-            args=[entry.entry_id, retry_member(entry.delivery_id, entry.event_id), outcome,
+            args=[entry.entry_id, entry.retry_member, outcome,
                   json.dumps(attempt, separators=(",", ":")) if attempt else "", clock.now_ms(),
                   next_due_ms, self._retention, int(self.settings.disable_after * 1000),
-                  ATTEMPT_LOG_CAP],
+                  ATTEMPT_LOG_CAP, entry.generation],
         )
         return str(status)
 
@@ -379,7 +388,7 @@ class Store:
     async def defer(self, entry: QueueEntry, due_ms: int) -> None:
         await self._defer(
             keys=[self.keys.queue, self.keys.retry],
-            args=[entry.entry_id, retry_member(entry.delivery_id, entry.event_id), due_ms],
+            args=[entry.entry_id, entry.retry_member, due_ms],
         )
 
     @storage_op
@@ -394,12 +403,9 @@ class Store:
     async def requeue(self, delivery_id: str) -> str | None:
         """Queue a delivery now with a fresh retry schedule; returns its previous status."""
         k = self.keys
-        ev = await self.redis.hget(k.delivery(delivery_id), "ev")
-        if ev is None:
-            return None
         previous = await self._requeue(
             keys=[k.delivery(delivery_id), k.queue, k.retry, k.dead],
-            args=[retry_member(delivery_id, ev), clock.now_ms()],
+            args=[delivery_id, clock.now_ms()],
         )
         return str(previous) if previous else None
 
@@ -444,10 +450,21 @@ class Store:
             ]
 
         if event_id and not subscription_id:
-            ids = await self.event_delivery_ids(event_id)
-            ids.reverse()
-            flags = await keep(ids)
-            return Page([i for i, ok in zip(ids, flags, strict=True) if ok][:limit], None)
+            # An event's deliveries are a short list in creation order: page it by offset.
+            start = int(cursor[1:]) if cursor and cursor[:1] == "o" and cursor[1:].isdigit() else 0
+            ids = list(reversed(await self.event_delivery_ids(event_id)))
+            out: list[str] = []
+            position = start
+            while position < len(ids) and len(out) < limit:
+                chunk = ids[position:position + limit]
+                flags = await keep(chunk)
+                for delivery_id, ok in zip(chunk, flags, strict=True):
+                    position += 1
+                    if ok:
+                        out.append(delivery_id)
+                        if len(out) == limit:
+                            break
+            return Page(out, f"o{position}" if position < len(ids) else None)
         return await page_index(self.redis, index, limit, cursor, keep, min_score=since_ms)
 
     # ---- metrics and maintenance --------------------------------------------------------

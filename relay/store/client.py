@@ -21,8 +21,14 @@ T = TypeVar("T")
 _UNAVAILABLE_PREFIXES = ("OOM", "MISCONF", "READONLY", "LOADING", "CLUSTERDOWN", "MASTERDOWN",
                          "TRYAGAIN", "BUSY ")
 
+# redis-py raises these as their own classes, whose text no longer carries the Redis prefix.
+_UNAVAILABLE_CLASSES = (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.OutOfMemoryError,
+                        rexc.ReadOnlyError, rexc.BusyLoadingError, rexc.ClusterDownError,
+                        rexc.MasterDownError, rexc.TryAgainError)
+
+
 def _unavailable(exc: Exception) -> bool:
-    if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError):
+    if isinstance(exc, _UNAVAILABLE_CLASSES):
         return True
     return isinstance(exc, rexc.ResponseError) and str(exc).startswith(_UNAVAILABLE_PREFIXES)
 

@@ -50,6 +50,7 @@ class Keys:
         return f"{self.root}:dlv:{delivery_id}:att"
 
 
-def retry_member(delivery_id: str, event_id: str) -> str:
-    """A retry-set member carries the event id so promotion can queue without a lookup."""
-    return f"{delivery_id} {event_id}"
+def retry_member(delivery_id: str, event_id: str, generation: str) -> str:
+    """A retry-set member: delivery, event and generation, so that promotion can queue the
+    delivery without a lookup (the Lua scripts build the same string)."""
+    return f"{delivery_id} {event_id} {generation}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +25,11 @@ def _decode_cursor(cursor: str) -> tuple[float, str] | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         score, member = raw.split(":", 1)
-        return float(score), member
+        value = float(score)
     except (ValueError, UnicodeDecodeError):
         return None
+    # Redis refuses nan as a range bound: a doctored cursor must not turn into a 500.
+    return (value, member) if math.isfinite(value) else None
 
 
 async def page_index(

@@ -31,12 +31,12 @@ for i = 1, n do
   local dkey, sidx = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
   local did, sid = ARGV[8 + 2 * i], ARGV[9 + 2 * i]
   redis.call('HSET', dkey, 'ev', ARGV[1], 'sub', sid, 'st', 'pending', 'n', 0, 'base', 0,
-    'ts', ARGV[6], 'up', ARGV[6])
+    'g', 0, 'ts', ARGV[6], 'up', ARGV[6])
   redis.call('EXPIRE', dkey, ttl)
   redis.call('ZADD', KEYS[7], ARGV[6], did)
   redis.call('ZADD', sidx, ARGV[6], did)
   redis.call('RPUSH', KEYS[8], did)
-  redis.call('XADD', KEYS[6], '*', 'd', did, 'e', ARGV[1])
+  redis.call('XADD', KEYS[6], '*', 'd', did, 'e', ARGV[1], 'g', 0)
 end
 if n > 0 then redis.call('EXPIRE', KEYS[8], ttl) end
 return {1, ARGV[1]}
@@ -46,7 +46,7 @@ FINISH = """
 -- Record one attempt and move the delivery to its next state, releasing the queue entry.
 -- KEYS: delivery, attempt log, queue, retry set, dead set, subscription, subscriptions version
 -- ARGV: stream entry id, retry member, outcome (ok|retry|dead|cancel|gone), attempt JSON,
---       now ms, next due ms, retention s, disable-after ms, attempt log cap
+--       now ms, next due ms, retention s, disable-after ms, attempt log cap, entry generation
 -- The subscription is disabled here, in the same step, when it has failed for longer than
 -- RELAY_DISABLE_AFTER or answered 410 (outcome 'gone'). Returns the delivery's new status.
 redis.call('XACK', KEYS[3], 'delivery', ARGV[1])
@@ -60,8 +60,9 @@ if ARGV[4] ~= '' then
   redis.call('EXPIRE', KEYS[2], ARGV[7])
   redis.call('HINCRBY', KEYS[1], 'n', 1)
 end
--- A delivery another worker already finished (after a takeover) never moves backwards.
-if st ~= 'pending' then return st end
+-- A delivery another worker already finished (after a takeover) never moves backwards, and
+-- an entry from before a manual requeue (an older generation) no longer decides its state.
+if st ~= 'pending' or redis.call('HGET', KEYS[1], 'g') ~= ARGV[10] then return st end
 local out, now = ARGV[3], ARGV[5]
 local sub_alive = redis.call('EXISTS', KEYS[6]) == 1
 local new = 'pending'
@@ -116,8 +117,8 @@ PROMOTE = """
 -- Returns {moved, score of the next retry or false}.
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, m in ipairs(due) do
-  local sp = string.find(m, ' ', 1, true)
-  redis.call('XADD', KEYS[2], '*', 'd', string.sub(m, 1, sp - 1), 'e', string.sub(m, sp + 1))
+  local d, e, g = string.match(m, '^(%S+) (%S+) (%S+)$')
+  redis.call('XADD', KEYS[2], '*', 'd', d, 'e', e, 'g', g)
   redis.call('ZREM', KEYS[1], m)
 end
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -126,31 +127,32 @@ return {#due, head[2] or false}
 
 REQUEUE = """
 -- Queue a delivery for an attempt now (manual retry, recover), restarting its schedule.
--- KEYS: delivery, queue, retry set, dead set. ARGV: retry member, now ms.
+-- A new generation makes any older queue entry of this delivery stale, so it is sent once.
+-- KEYS: delivery, queue, retry set, dead set. ARGV: delivery id, now ms.
 -- Returns the previous status, or false when the delivery no longer exists.
-local st = redis.call('HGET', KEYS[1], 'st')
+local st, ev, g, n = unpack(redis.call('HMGET', KEYS[1], 'st', 'ev', 'g', 'n'))
 if not st then return false end
-local ev = redis.call('HGET', KEYS[1], 'ev')
-local did = string.sub(ARGV[1], 1, string.find(ARGV[1], ' ', 1, true) - 1)
-if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 and st == 'pending' then
+local member = ARGV[1] .. ' ' .. ev .. ' ' .. g
+if redis.call('ZREM', KEYS[3], member) == 0 and st == 'pending' then
   -- Already in the queue or being attempted: queueing it again would only double it.
   return st
 end
-redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('HSET', KEYS[1], 'st', 'pending', 'base', redis.call('HGET', KEYS[1], 'n'),
-  'up', ARGV[2])
-redis.call('XADD', KEYS[2], '*', 'd', did, 'e', ev)
+redis.call('ZREM', KEYS[4], member)
+local gen = redis.call('HINCRBY', KEYS[1], 'g', 1)
+redis.call('HSET', KEYS[1], 'st', 'pending', 'base', n, 'up', ARGV[2])
+redis.call('XADD', KEYS[2], '*', 'd', ARGV[1], 'e', ev, 'g', gen)
 return st
 """
 
 CANCEL = """
 -- Cancel pending deliveries of a deleted or disabled subscription.
--- KEYS: retry set, then one delivery key per delivery. ARGV: now ms, then retry members.
+-- KEYS: retry set, then one delivery key per delivery. ARGV: now ms, then the delivery ids.
 local n = 0
 for i = 2, #KEYS do
-  if redis.call('HGET', KEYS[i], 'st') == 'pending' then
+  local st, ev, g = unpack(redis.call('HMGET', KEYS[i], 'st', 'ev', 'g'))
+  if st == 'pending' then
     redis.call('HSET', KEYS[i], 'st', 'cancelled', 'up', ARGV[1])
-    redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('ZREM', KEYS[1], ARGV[i] .. ' ' .. ev .. ' ' .. g)
     n = n + 1
   end
 end
