@@ -224,13 +224,7 @@ async def delete(relay: Relay, sub_id: str, as_json: bool) -> None:
 @admin_command
 async def rotate_secret(relay: Relay, sub_id: str, as_json: bool) -> None:
     """Issue a new signing secret; the old one keeps signing for RELAY_ROTATION_GRACE."""
-    from relay import clock
-
-    secret = await relay.rotate_secret(sub_id)
-    grace = relay.settings.rotation_grace
-    doc = {"secret": secret,
-           "previous_secret_expires_at": clock.iso(clock.now() + grace) if grace else None}
-    _show(doc, as_json)
+    _show(await relay.rotate_secret(sub_id), as_json)
 
 
 @subscriptions.command()

@@ -174,7 +174,8 @@ class Relay:
             raise NotFound(f"no subscription {sub_id}")
         await self.store.cancel_pending(sub_id)
 
-    async def rotate_secret(self, sub_id: str) -> str:
+    async def rotate_secret(self, sub_id: str) -> dict[str, str | None]:
+        """A new secret; the old one keeps signing until `previous_secret_expires_at`."""
         sub = await self.subscription(sub_id)
         now = clock.now()
         if self.settings.rotation_grace > 0:
@@ -184,7 +185,9 @@ class Relay:
         sub.secret = ids.webhook_secret()
         sub.updated_at = now
         await self.store.save_subscription(sub)
-        return sub.secret
+        until = sub.old_secret_until
+        return {"secret": sub.secret,
+                "previous_secret_expires_at": clock.iso(until) if until else None}
 
     async def send_test(self, sub_id: str) -> tuple[str, str]:
         """Store a `relay.test` event and queue it for this one subscription."""

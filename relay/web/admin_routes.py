@@ -8,7 +8,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from relay import clock
 from relay.errors import ValidationFailed
 from relay.models import DeliveryStatus
 from relay.web import validate as v
@@ -81,13 +80,7 @@ async def subscription_secret(request: Request) -> Response:
 
 @admin
 async def rotate_secret(request: Request) -> Response:
-    state = state_of(request)
-    secret = await state.relay.rotate_secret(request.path_params["id"])
-    grace = state.settings.rotation_grace
-    return JSONResponse({
-        "secret": secret,
-        "previous_secret_expires_at": clock.iso(clock.now() + grace) if grace else None,
-    })
+    return JSONResponse(await state_of(request).relay.rotate_secret(request.path_params["id"]))
 
 
 @admin
