@@ -213,3 +213,15 @@ async def test_events_filter_by_run_id_without_provider_and_by_type(
     assert [e["id"] for e in failed] == [ids["f-3"], ids["f-2"]]
     none = (await client.get("/v1/events?provider=flora", headers=H)).json()
     assert none == {"data": [], "next_cursor": None}
+
+
+async def test_the_last_page_has_no_cursor(client: httpx.AsyncClient) -> None:
+    for i in range(2):
+        await client.post("/v1/subscriptions", headers=H, json={"url": f"http://127.0.0.1:9/{i}"})
+    first = (await client.get("/v1/subscriptions?limit=1", headers=H)).json()
+    assert first["next_cursor"]
+    second = (await client.get(f"/v1/subscriptions?limit=1&cursor={first['next_cursor']}",
+                               headers=H)).json()
+    assert len(second["data"]) == 1 and second["next_cursor"] is None
+    both = (await client.get("/v1/subscriptions?limit=2", headers=H)).json()
+    assert len(both["data"]) == 2 and both["next_cursor"] is None

@@ -33,7 +33,7 @@ def _decode_cursor(cursor: str) -> tuple[float, str] | None:
 
 
 async def page_index(
-redis: Any,
+    redis: Any,
     index: str,
     limit: int,
     cursor: str | None,
@@ -43,7 +43,8 @@ redis: Any,
     scan_cap: int = 2000,
 ) -> Page:
     """Newest-first page of `index` filtered by `keep`; scans at most `scan_cap` entries so a
-    rare filter cannot make one request walk a week of events."""
+    rare filter cannot make one request walk a week of events (such a page may come back
+    short, or empty, with a cursor to carry on from)."""
     top: float | str = "+inf"
     after: str | None = None
     if cursor:
@@ -52,24 +53,28 @@ redis: Any,
             top, after = decoded[0], decoded[1]
     bottom: float | str = "-inf" if min_score is None else min_score
     out: list[str] = []
-    scanned = 0
     last: tuple[float, str] | None = None
-    offset = 0
-    while len(out) < limit and scanned < scan_cap:
+    offset = 0  # entries of the range consumed so far, the last one included
+    while len(out) < limit and offset < scan_cap:
         batch = await redis.zrevrangebyscore(
             index, top, bottom, start=offset, num=max(limit * 2, 50), withscores=True
         )
         if not batch:
             return Page(out, None)
-        offset += len(batch)
         fresh = [(m, s) for m, s in batch
                  if not (after is not None and s == top and m >= after)]
-        scanned += len(batch)
-        flags = await keep([m for m, _ in fresh]) if fresh else []
-        for (member, score), ok in zip(fresh, flags, strict=True):
+        flags = dict(zip([m for m, _ in fresh], await keep([m for m, _ in fresh]), strict=True)
+                     ) if fresh else {}
+        for member, score in batch:
+            offset += 1
+            if member not in flags:
+                continue
             last = (score, member)
-            if ok:
+            if flags[member]:
                 out.append(member)
                 if len(out) == limit:
                     break
-    return Page(out, _encode_cursor(*last) if last else None)
+    if last is None:
+        return Page(out, None)
+    more = await redis.zrevrangebyscore(index, top, bottom, start=offset, num=1)
+    return Page(out, _encode_cursor(*last) if more else None)
