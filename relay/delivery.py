@@ -230,6 +230,11 @@ class DeliveryWorker:
     async def _attempt(
         self, entry: QueueEntry, delivery: dict[str, str], body: str, sub: Subscription
     ) -> None:
+        # Every line logged during this attempt carries these ids (the task has its own context).
+        structlog.contextvars.bind_contextvars(
+            event_id=entry.event_id, delivery_id=entry.delivery_id, subscription_id=sub.id,
+            run_id=delivery.get("run"),
+        )
         try:
             await self._attempt_inner(entry, delivery, body, sub)
         except asyncio.CancelledError:
@@ -239,7 +244,7 @@ class DeliveryWorker:
             raise
         except StorageUnavailable as exc:
             # The entry stays claimed by this consumer and is taken over after the claim timeout.
-            log.warning("delivery_not_settled", delivery_id=entry.delivery_id, error=str(exc))
+            log.warning("delivery_not_settled", error=str(exc))
         finally:
             self._by_sub[sub.id] -= 1
             if self._by_sub[sub.id] <= 0:
@@ -296,8 +301,7 @@ class DeliveryWorker:
             created = ULID.from_str(entry.event_id.removeprefix("evt_")).timestamp
             metrics.END_TO_END_SECONDS.observe(max(clock.now() - created, 0.0))
         log.info(
-            "delivery_attempt", event_id=entry.event_id, delivery_id=entry.delivery_id,
-            subscription_id=sub.id, attempt=number, status_code=answer.status,
+            "delivery_attempt", attempt=number, status_code=answer.status,
             duration_ms=answer.duration_ms, outcome=outcome, delivery_status=status,
             error=attempt["error"],
         )

@@ -40,6 +40,10 @@ def subscribe(base_url: str, url: str, key_headers: dict[str, str] | None = None
     return dict(r.json())
 
 
+def lines_of(proc: RelayProcess) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in proc.log().splitlines() if line.startswith("{")]
+
+
 @pytest.fixture
 def web(redis_server: RedisServer, prefix: str) -> Iterator[RelayProcess]:
     proc = RelayProcess("web", relay_env(redis_server.url, prefix)).start()
@@ -69,9 +73,12 @@ def test_runflow_callback_reaches_subscriber_signed_through_web_and_worker_proce
         assert send_callback(web.base_url, "e2e-1").json()["duplicate"] is True
         time.sleep(0.5)
         assert len(subscriber.received) == 1, "a duplicate callback must not fan out again"
-        lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+        lines = lines_of(worker)
         attempt = next(x for x in lines if x.get("event") == "delivery_attempt")
         assert attempt["event_id"] == event_id and attempt["subscription_id"] == sub["id"]
+        assert attempt["run_id"] == "e2e-1" and attempt["delivery_id"].startswith("dlv_")
+        accepted = next(x for x in lines_of(web) if x.get("event") == "callback_accepted")
+        assert accepted["event_id"] == event_id and accepted["run_id"] == "e2e-1"
         assert sub["secret"] not in worker.log() and sub["secret"] not in web.log()
     finally:
         worker.stop()

@@ -30,8 +30,8 @@ local n = (#KEYS - 8) / 2
 for i = 1, n do
   local dkey, sidx = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
   local did, sid = ARGV[8 + 2 * i], ARGV[9 + 2 * i]
-  redis.call('HSET', dkey, 'ev', ARGV[1], 'sub', sid, 'st', 'pending', 'n', 0, 'base', 0,
-    'g', 0, 'ts', ARGV[6], 'up', ARGV[6])
+  redis.call('HSET', dkey, 'ev', ARGV[1], 'sub', sid, 'run', ARGV[5], 'st', 'pending', 'n', 0,
+    'base', 0, 'g', 0, 'ts', ARGV[6], 'up', ARGV[6])
   redis.call('EXPIRE', dkey, ttl)
   redis.call('ZADD', KEYS[7], ARGV[6], did)
   redis.call('ZADD', sidx, ARGV[6], did)
