@@ -168,3 +168,34 @@ def test_serve_on_the_embedded_store_delivers_end_to_end(subscriber: Subscriber)
         serve.stop()
     assert serve.proc is not None and serve.proc.returncode == 0
     assert list((workdir / "relay-data").glob("appendonly*")), "the append-only file is kept"
+
+
+def test_redis_outage_gives_503_and_relay_recovers_without_a_restart(
+        subscriber: Subscriber) -> None:
+    """Redis killed: ingest and /readyz answer 503 at once; Redis back (AOF): callbacks are
+    accepted and delivered again by the same web and worker processes."""
+    redis_server = RedisServer(appendonly=True).start()
+    env = relay_env(redis_server.url, "outage")
+    web = RelayProcess("web", env).start()
+    worker = RelayProcess("worker", env).start()
+    try:
+        subscribe(web.base_url, subscriber.url)
+        assert send_callback(web.base_url, "outage-1").status_code == 200
+        wait_until(lambda: len(subscriber.received) == 1)
+        redis_server.kill()
+        started = time.monotonic()
+        down = send_callback(web.base_url, "outage-2")
+        assert down.status_code == 503 and down.json()["error"]["code"] == "unavailable"
+        assert time.monotonic() - started < 2
+        assert httpx.get(f"{web.base_url}/readyz", timeout=5).status_code == 503
+        redis_server.start()
+        wait_until(lambda: httpx.get(f"{web.base_url}/readyz", timeout=5).status_code == 200, 10)
+        assert [send_callback(web.base_url, f"outage-3-{i}").status_code
+                for i in range(3)] == [200, 200, 200]
+        wait_until(lambda: len(subscriber.received) == 4, 30)
+        assert {r.json()["run_id"] for r in subscriber.received} == {
+            "outage-1", "outage-3-0", "outage-3-1", "outage-3-2"}
+    finally:
+        web.stop()
+        worker.stop()
+        redis_server.stop()
