@@ -7,6 +7,7 @@
     │   ├── Unauthorized          401 unauthorized (admin API)
     │   ├── InvalidSignature      401 invalid_signature
     │   ├── InvalidToken          401 invalid_token
+    │   ├── Forbidden             403 forbidden (a dashboard form without its CSRF token)
     │   ├── NotFound              404 not_found
     │   ├── Conflict              409 conflict
     │   ├── PayloadTooLarge       413 payload_too_large
@@ -61,6 +62,10 @@ class InvalidSignature(PermanentError):
 
 class InvalidToken(PermanentError):
     status, code = 401, "invalid_token"
+
+
+class Forbidden(PermanentError):
+    status, code = 403, "forbidden"
 
 
 class NotFound(PermanentError):

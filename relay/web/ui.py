@@ -12,9 +12,10 @@ from urllib.parse import parse_qs
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from relay.errors import Forbidden
 from relay.web.app import read_body, state_of
 
 COOKIE = "relay_session"
@@ -103,13 +104,9 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
 
 
-def _csrf_ok(request: Request, form: dict[str, str], csrf: str) -> bool:
-    return hmac.compare_digest(form.get("csrf", "").encode(), csrf.encode())
-
-
-_FORBIDDEN = JSONResponse({"error": {"code": "forbidden",
-                                     "message": "log in again: the form has expired"}},
-                          status_code=403)
+def _check_csrf(form: dict[str, str], csrf: str | None) -> None:
+    if csrf is None or not hmac.compare_digest(form.get("csrf", "").encode(), csrf.encode()):
+        raise Forbidden("log in again: the form has expired")
 
 
 async def dashboard(request: Request) -> Response:
@@ -177,10 +174,7 @@ async def show_delivery(request: Request) -> Response:
 
 
 async def retry_delivery(request: Request) -> Response:
-    csrf = _session(request)
-    form = await _form(request)
-    if csrf is None or not _csrf_ok(request, form, csrf):
-        return _FORBIDDEN
+    _check_csrf(await _form(request), _session(request))
     delivery_id = request.path_params["id"]
     await state_of(request).relay.retry_delivery(delivery_id)
     return RedirectResponse(f"/ui/deliveries/{delivery_id}", status_code=303)
@@ -205,9 +199,8 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     csrf = _session(request)
-    form = await _form(request)
-    if csrf is not None and not _csrf_ok(request, form, csrf):
-        return _FORBIDDEN
+    if csrf is not None:  # logging out an expired session needs no token
+        _check_csrf(await _form(request), csrf)
     response = RedirectResponse("/ui", status_code=303)
     response.delete_cookie(COOKIE, path="/ui")
     return response
