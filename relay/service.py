@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +12,8 @@ from relay import clock, ids, netguard
 from relay.config import Settings
 from relay.errors import NotFound, ValidationFailed
 from relay.models import Event, Subscription, SubscriptionStatus
-from relay.providers import dedupe_key
-from relay.store import Page, Store
+from relay.providers import dedupe_rule
+from relay.store import EventWrite, Page, Store
 
 
 @dataclass(frozen=True)
@@ -56,36 +57,45 @@ class Relay:
     # ---- events -------------------------------------------------------------------------
 
     async def accept(self, event: Event, *, dedupe: bool = True) -> Accepted:
-        """Store `event` and queue a delivery per matching subscription, atomically.
+        """Store `event` and queue a delivery per matching subscription, atomically."""
+        code, value = await self.store_matched(event, dedupe=dedupe,
+                                               write=self.store.accept_event)
+        return Accepted(value, duplicate=code == 0)
 
-        The match runs on the cached subscriptions; the store refuses it when the cache is
-        stale, and the match is redone, so a subscription is never missed or used after deletion.
-        """
+    async def store_matched(
+        self, event: Event, *, write: Callable[[EventWrite], Awaitable[tuple[int, str]]],
+        dedupe: bool = True,
+    ) -> tuple[int, str]:
+        """Match `event` against the cached subscriptions and hand it to `write` (one Lua
+        script); the script refuses a stale cache (code 2), and the match is redone, so a
+        subscription is never missed or used after deletion."""
         body = event.to_json()
-        kind = dedupe_key(event) if dedupe else None
+        rule = dedupe_rule(event) if dedupe else None
         for _ in range(20):
             subs = self.subs.matching(event.event, event.provider, event.channels)
-            code, value = await self.store.accept_event(
+            code, value = await write(EventWrite(
                 event_id=event.id, body=body, event_type=event.event, provider=event.provider,
-                subject=event.subject, dedupe_kind=kind,
-                deliveries=[(ids.delivery_id(), s.id) for s in subs],
+                subject=event.subject, dedupe_kind=rule.kind if rule else None,
+                dedupe_mode=rule.mode if rule else "0",
+                ends_run=bool(rule and rule.ends_run), run_status=event.status,
+                deliveries=tuple((ids.delivery_id(), s.id) for s in subs),
                 subs_version=self.subs.version,
-            )
+            ))
             if code == 2:
                 await self.subs.refresh(value)
                 continue
-            return Accepted(value, duplicate=code == 0)
+            return code, value
         raise RuntimeError("subscriptions changed twenty times while one event was stored")
 
     async def deliver_to(self, event_id: str, body: bytes | str, event: dict[str, str],
                          sub_ids: list[str]) -> list[str]:
         """Queue new deliveries of a stored event to the given subscriptions (redeliver, test)."""
-        pairs = [(ids.delivery_id(), s) for s in sub_ids]
-        await self.store.accept_event(
+        pairs = tuple((ids.delivery_id(), s) for s in sub_ids)
+        await self.store.accept_event(EventWrite(
             event_id=event_id, body=body.encode() if isinstance(body, str) else body,
             event_type=event["type"], provider=event["provider"], subject=event["subject"],
-            dedupe_kind=None, deliveries=pairs, subs_version="*",
-        )
+            dedupe_kind=None, dedupe_mode="0", deliveries=pairs,
+        ))
         return [d for d, _ in pairs]
 
     async def event_view(self, event_id: str) -> dict[str, Any]:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from relay.config import Settings
-from relay.providers.base import CallbackContext, CallbackProvider, dedupe_key
+from relay.providers.base import (
+    CallbackContext,
+    CallbackProvider,
+    DedupeRule,
+    dedupe_key,
+    dedupe_rule,
+)
 from relay.providers.runflow import Runflow
 
-__all__ = ["CallbackContext", "CallbackProvider", "Runflow", "callback_providers", "dedupe_key"]
+__all__ = ["CallbackContext", "CallbackProvider", "DedupeRule", "Runflow", "callback_providers",
+           "dedupe_key", "dedupe_rule"]
 
 
 def callback_providers(settings: Settings) -> dict[str, CallbackProvider]:

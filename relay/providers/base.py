@@ -27,6 +27,25 @@ def dedupe_key(event: Event) -> str:
     return "terminal" if event.event in TERMINAL_EVENTS else event.event
 
 
+@dataclass(frozen=True)
+class DedupeRule:
+    kind: str  # the dedupe key's kind: "terminal" or the event type
+    mode: str  # "1" once per key, "g" refused once the key exists (never sets it)
+    ends_run: bool  # tracking of the run stops with this event
+
+
+def dedupe_rule(event: Event) -> DedupeRule:
+    """How an event is deduplicated: one terminal event per (provider, run), whoever sees it
+    first; `run.updated` and `run.expired` never after it; anything else once per type."""
+    if event.event in TERMINAL_EVENTS:
+        return DedupeRule("terminal", "1", True)
+    if event.event == "run.updated":
+        return DedupeRule("terminal", "g", False)
+    if event.event == "run.expired":
+        return DedupeRule("terminal", "g", True)
+    return DedupeRule(event.event, "1", False)
+
+
 def _reject_constant(name: str) -> None:
     raise ValueError(name)
 

@@ -15,10 +15,11 @@ from relay.config import Settings
 from relay.models import Subscription, SubscriptionStatus
 from relay.store import scripts
 from relay.store.client import make_client, storage_op
-from relay.store.keys import GROUP, Keys, retry_member
+from relay.store.keys import GROUP, Keys, retry_member, run_member
 from relay.store.paging import Page, page_index
+from relay.store.runs import Claim, RunsMixin
 
-__all__ = ["Page", "QueueEntry", "Store", "open_store"]
+__all__ = ["Claim", "EventWrite", "Page", "QueueEntry", "Store", "open_store"]
 
 T = TypeVar("T")
 
@@ -41,6 +42,25 @@ class QueueEntry:
     @property
     def retry_member(self) -> str:
         return retry_member(self.delivery_id, self.event_id, self.generation)
+
+
+@dataclass(frozen=True)
+class EventWrite:
+    """One event to store, with how it is deduplicated and whom it goes to."""
+
+    event_id: str
+    body: bytes
+    event_type: str
+    provider: str
+    subject: str
+    # The dedupe key's kind ("terminal", or the event type); None: no dedupe key at all.
+    dedupe_kind: str | None
+    # "1" refuse a duplicate and claim the key, "g" only refuse (guarded by it), "0" neither.
+    dedupe_mode: str
+    ends_run: bool = False
+    run_status: str | None = None
+    deliveries: tuple[tuple[str, str], ...] = ()
+    subs_version: str = "*"
 
 
 def _sub_to_hash(sub: Subscription) -> dict[str, str]:
@@ -79,7 +99,7 @@ def _sub_from_hash(h: dict[str, str]) -> Subscription:
     )
 
 
-class Store:
+class Store(RunsMixin):
     """Redis-backed storage for one key prefix."""
 
     # Longest a queue read blocks; an idle worker sends one read per this many seconds.
@@ -90,16 +110,19 @@ class Store:
         self.keys = Keys(settings.key_prefix)
         # Typed Any on purpose: redis-py's annotations cannot express decode_responses=True, so
         # every reply would be typed bytes | str although this client only ever returns str.
-        # REDIS_MAX_CONNECTIONS caps the process: one connection for blocking reads, the rest
-        # for everything else.
+        # REDIS_MAX_CONNECTIONS caps the process: one connection for blocking queue reads, one
+        # for the poller's doorbell, the rest for everything else.
         self.redis: Any = make_client(settings, url,
-                                      max_connections=max(settings.redis_max_connections - 1, 1))
+                                      max_connections=max(settings.redis_max_connections - 2, 1))
         # Blocking queue reads hold their connection for the whole BLOCK; a separate client with
         # a longer socket timeout keeps them from tripping the 5 s timeout of ordinary commands.
         # No health-check PING before each read: a failed blocking read already says as much.
         self.blocking: Any = make_client(settings, url, max_connections=1,
                                          socket_timeout=self.block_seconds + 10,
                                          health_check_interval=0)
+        self.poll_blocking: Any = make_client(settings, url, max_connections=1,
+                                              socket_timeout=self.block_seconds + 10,
+                                              health_check_interval=0)
         self._retention = max(1, int(settings.event_retention))
         r = self.redis
         self._accept = r.register_script(scripts.ACCEPT)
@@ -108,14 +131,17 @@ class Store:
         self._promote = r.register_script(scripts.PROMOTE)
         self._requeue = r.register_script(scripts.REQUEUE)
         self._cancel = r.register_script(scripts.CANCEL)
+        self._register_run_scripts()
 
     async def interrupt_reads(self) -> None:
         """Close the blocking-read connections, ending any read in progress."""
         await self.blocking.connection_pool.disconnect()
+        await self.poll_blocking.connection_pool.disconnect()
 
     async def aclose(self) -> None:
         await self.redis.aclose()
         await self.blocking.aclose()
+        await self.poll_blocking.aclose()
 
     # ---- health -------------------------------------------------------------------------
 
@@ -146,39 +172,36 @@ class Store:
 
     # ---- events -------------------------------------------------------------------------
 
-    @storage_op
-    async def accept_event(
-        self,
-        *,
-        event_id: str,
-        body: bytes,
-        event_type: str,
-        provider: str,
-        subject: str,
-        dedupe_kind: str | None,
-        deliveries: list[tuple[str, str]],
-        subs_version: str,
-    ) -> tuple[int, str]:
-        """Store an event and queue its deliveries: (1, id) stored, (0, id) duplicate,
-        (2, version) when `subs_version` is stale and the caller must re-match."""
+    def _accept_parts(self, w: EventWrite) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the Lua accept() function (scripts.py) for one event."""
         k = self.keys
         keys = [
-            k.dedupe(provider, subject, dedupe_kind or "-"),
-            k.event(event_id),
+            k.dedupe(w.provider, w.subject, w.dedupe_kind or "-"),
+            k.event(w.event_id),
             k.events,
-            k.run_events(provider, subject),
+            k.run_events(w.provider, w.subject),
             k.subs_version,
             k.queue,
             k.deliveries,
-            k.event_deliveries(event_id),
+            k.event_deliveries(w.event_id),
+            k.run(w.provider, w.subject),
+            k.poll_due(w.provider),
         ]
         args: list[Any] = [
-            event_id, body, event_type, provider, subject, clock.now_ms(), self._retention,
-            subs_version, "1" if dedupe_kind else "0",
+            w.event_id, w.body, w.event_type, w.provider, w.subject, clock.now_ms(),
+            self._retention, w.subs_version, w.dedupe_mode, "1" if w.ends_run else "0",
+            w.run_status or "", run_member(w.provider, w.subject),
         ]
-        for delivery_id, sub_id in deliveries:
+        for delivery_id, sub_id in w.deliveries:
             keys += [k.delivery(delivery_id), k.sub_deliveries(sub_id)]
             args += [delivery_id, sub_id]
+        return keys, args
+
+    @storage_op
+    async def accept_event(self, w: EventWrite) -> tuple[int, str]:
+        """Store an event and queue its deliveries: (1, id) stored, (0, id) duplicate,
+        (2, version) when `subs_version` is stale and the caller must re-match."""
+        keys, args = self._accept_parts(w)
         code, value = await self._accept(keys=keys, args=args)
         return int(code), str(value)
 
@@ -491,6 +514,9 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for index in (self.keys.events, self.keys.deliveries, self.keys.dead):
             pipe.zremrangebyscore(index, "-inf", cutoff)
+        # A tracked run ends by RELAY_POLL_MAX_AGE at the latest, then is kept for the retention.
+        pipe.zremrangebyscore(self.keys.runs, "-inf",
+                              cutoff - int(self.settings.poll_max_age * 1000))
         for sub_id in await self.redis.zrange(self.keys.subs, 0, -1):
             pipe.zremrangebyscore(self.keys.sub_deliveries(sub_id), "-inf", cutoff)
         await pipe.execute()

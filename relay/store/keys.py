@@ -24,6 +24,9 @@ class Keys:
         self.subs_version = f"{p}:subs:ver"  # counter bumped on every subscription change
         self.maintenance_lock = f"{p}:lock:maintenance"
         self.workers = f"{p}:workers"  # zset: worker name by last heartbeat (ms)
+        self.runs = f"{p}:runs"  # zset: tracked runs ("provider:run_id") by tracked-since (ms)
+        self.poll_wake = f"{p}:poll:wake"  # list: pushed when a run is tracked; pollers BLPOP it
+        self.run_prefix = f"{p}:trk:"  # + "provider:run_id": the tracked-run hash (Lua builds it)
 
     def event(self, event_id: str) -> str:
         return f"{self.root}:evt:{event_id}"
@@ -36,6 +39,21 @@ class Keys:
 
     def run_events(self, provider: str, subject: str) -> str:
         return f"{self.root}:run:{provider}:{subject}:events"
+
+    def run(self, provider: str, run_id: str) -> str:
+        return f"{self.run_prefix}{run_member(provider, run_id)}"
+
+    def poll_due(self, provider: str) -> str:
+        """zset: a provider's active runs by the time of their next poll (ms), or lease expiry."""
+        return f"{self.root}:poll:due:{provider}"
+
+    def rate(self, provider: str) -> str:
+        """string: the time (ms) of the provider's next free request slot, deployment-wide."""
+        return f"{self.root}:rate:{provider}"
+
+    def flora_delivery(self, delivery_id: str) -> str:
+        """string: the event a FLORA callback delivery (`whd_...`) became; dedupes redeliveries."""
+        return f"{self.root}:dd:flora-delivery:{delivery_id}"
 
     def sub(self, sub_id: str) -> str:
         return f"{self.root}:sub:{sub_id}"
@@ -54,3 +72,13 @@ def retry_member(delivery_id: str, event_id: str, generation: str) -> str:
     """A retry-set member: delivery, event and generation, so that promotion can queue the
     delivery without a lookup (the Lua scripts build the same string)."""
     return f"{delivery_id} {event_id} {generation}"
+
+
+def run_member(provider: str, run_id: str) -> str:
+    """A tracked run in the schedule and index sets; also the tail of its hash key."""
+    return f"{provider}:{run_id}"
+
+
+def split_member(member: str) -> tuple[str, str]:
+    provider, _, run_id = member.partition(":")
+    return provider, run_id

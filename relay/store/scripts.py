@@ -2,44 +2,221 @@
 
 from __future__ import annotations
 
-ACCEPT = """
+# Shared Lua functions, prepended to the scripts that use them.
+_FINISH_RUN = """
+-- End a tracked run: no more polls. It stays readable for the retention, then expires.
+local function finish_run(hkey, due, member, now, ttl, status)
+  if redis.call('EXISTS', hkey) == 0 then return end
+  redis.call('HSET', hkey, 'st', 'finished', 'fin', now, 'np', '')
+  if status and status ~= '' then redis.call('HSET', hkey, 's', status) end
+  redis.call('HDEL', hkey, 'lk')
+  redis.call('EXPIRE', hkey, ttl)
+  redis.call('ZREM', due, member)
+end
+"""
+
+_SLOTS = """
+-- Take up to `want` request slots from a provider's deployment-wide budget (GCRA): slots are
+-- `spacing` ms apart, and only slots before now + horizon are handed out, so no worker hoards
+-- the budget. Returns the first slot's time and how many were taken; a later call continues
+-- from the last one. spacing 0 means no limit.
+local function take_slots(bucket, now, spacing, horizon, want)
+  if spacing <= 0 then return now, want end
+  local tat = tonumber(redis.call('GET', bucket) or '0')
+  if tat < now then tat = now end
+  if tat > now + horizon then return tat, 0 end
+  local n = math.min(want, math.floor((now + horizon - tat) / spacing) + 1)
+  if n > 0 then
+    local last = tat + n * spacing
+    redis.call('SET', bucket, string.format('%.3f', last), 'PX', math.ceil(last - now) + 1000)
+  end
+  return tat, n
+end
+"""
+
+_ACCEPT_FN = _FINISH_RUN + """
 -- Store an event and queue its deliveries in one atomic step, or report why not.
--- KEYS: dedupe, event, events index, run index, subscriptions version, queue, deliveries index,
---       event's delivery list, then (delivery, subscription's delivery index) per delivery.
--- ARGV: event id, body, type, provider, subject, ts ms, retention s, expected version
---       ('*' skips the check), dedupe flag, then (delivery id, subscription id) per delivery.
+-- K: dedupe, event, events index, run index, subscriptions version, queue, deliveries index,
+--    event's delivery list, tracked-run hash, provider's poll schedule, then
+--    (delivery, subscription's delivery index) per delivery.
+-- A: event id, body, type, provider, subject, ts ms, retention s, expected version ('*' skips
+--    the check), dedupe mode, ends-run flag, run status, schedule member, then
+--    (delivery id, subscription id) per delivery.
+-- Dedupe mode '1' refuses a second event under the dedupe key and sets it; 'g' only refuses
+-- (run.updated and run.expired must not follow a terminal event); '0' does neither.
+-- An event that ends its run (terminal, expired) also finishes the tracked run, if any, in this
+-- same step: that is what stops polling the moment a callback reports the end.
 -- Returns {0, existing id} for a duplicate, {2, version} when the caller's subscription cache
 -- is stale (so no delivery is created for a subscription it has not seen), {1, id} when stored.
-if ARGV[9] == '1' then
-  local existing = redis.call('GET', KEYS[1])
-  if existing then return {0, existing} end
+local function accept(K, A)
+  local mode, ttl = A[9], A[7]
+  if mode ~= '0' then
+    local existing = redis.call('GET', K[1])
+    if existing then return {0, existing} end
+  end
+  if A[8] ~= '*' then
+    local ver = redis.call('GET', K[5]) or '0'
+    if ver ~= A[8] then return {2, ver} end
+  end
+  if mode == '1' then redis.call('SET', K[1], A[1], 'EX', ttl) end
+  redis.call('HSET', K[2], 'body', A[2], 'type', A[3], 'provider', A[4], 'subject', A[5],
+    'ts', A[6])
+  redis.call('EXPIRE', K[2], ttl)
+  redis.call('ZADD', K[3], A[6], A[1])
+  redis.call('ZADD', K[4], A[6], A[1])
+  redis.call('EXPIRE', K[4], ttl)
+  local n = (#K - 10) / 2
+  for i = 1, n do
+    local dkey, sidx = K[9 + 2 * i], K[10 + 2 * i]
+    local did, sid = A[11 + 2 * i], A[12 + 2 * i]
+    redis.call('HSET', dkey, 'ev', A[1], 'sub', sid, 'run', A[5], 'st', 'pending', 'n', 0,
+      'base', 0, 'g', 0, 'ts', A[6], 'up', A[6])
+    redis.call('EXPIRE', dkey, ttl)
+    redis.call('ZADD', K[7], A[6], did)
+    redis.call('ZADD', sidx, A[6], did)
+    redis.call('RPUSH', K[8], did)
+    redis.call('XADD', K[6], '*', 'd', did, 'e', A[1], 'g', 0)
+  end
+  if n > 0 then redis.call('EXPIRE', K[8], ttl) end
+  if A[10] == '1' then finish_run(K[9], K[10], A[12], A[6], ttl, A[11]) end
+  return {1, A[1]}
 end
-if ARGV[8] ~= '*' then
-  local ver = redis.call('GET', KEYS[5]) or '0'
-  if ver ~= ARGV[8] then return {2, ver} end
+"""
+
+ACCEPT = _ACCEPT_FN + """
+-- KEYS and ARGV: as accept() above.
+return accept(KEYS, ARGV)
+"""
+
+TRACK = """
+-- Start tracking a run, or leave the existing one as it is (idempotent).
+-- KEYS: run hash, runs index, provider's poll schedule, the run's terminal dedupe key, wake list
+-- ARGV: member, now ms, first poll ms, retention s, then the run's field/value pairs.
+-- A run whose terminal event already came (by callback) is stored finished: nothing to poll.
+-- Returns 1 when created, 0 when it already existed.
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HSET', KEYS[1], 'st', 'finished', 'fin', ARGV[2], 'np', '')
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+else
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+  -- Wake one sleeping poller; the list is only a doorbell, so a few entries are plenty.
+  redis.call('RPUSH', KEYS[5], ARGV[3])
+  redis.call('LTRIM', KEYS[5], -8, -1)
 end
-local ttl = ARGV[7]
-if ARGV[9] == '1' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl) end
-redis.call('HSET', KEYS[2], 'body', ARGV[2], 'type', ARGV[3], 'provider', ARGV[4],
-  'subject', ARGV[5], 'ts', ARGV[6])
-redis.call('EXPIRE', KEYS[2], ttl)
-redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
-redis.call('EXPIRE', KEYS[4], ttl)
-local n = (#KEYS - 8) / 2
+return 1
+"""
+
+CLAIM = _SLOTS + """
+-- Lease a provider's due runs to one worker, each with a request slot from the shared budget.
+-- KEYS: provider's poll schedule, provider's rate bucket
+-- ARGV: now ms, max runs, slot spacing ms (0: no limit), horizon ms, lease ms, worker token,
+--       tracked-run key prefix (same hash tag as KEYS, so the same slot on a cluster)
+-- A run is leased by moving its schedule score to now + lease: no other worker sees it due
+-- until then, which is also how a dead worker's runs are taken over.
+-- Returns {score of the next scheduled run or false, next free slot ms, {slot ms, fields}...}.
+local now, want = tonumber(ARGV[1]), tonumber(ARGV[2])
+local spacing, horizon = tonumber(ARGV[3]), tonumber(ARGV[4])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, want)
+local out, live = {}, {}
+for _, m in ipairs(due) do
+  if redis.call('EXISTS', ARGV[7] .. m) == 1 then
+    live[#live + 1] = m
+  else
+    redis.call('ZREM', KEYS[1], m)  -- untracked meanwhile
+  end
+end
+local first, n = take_slots(KEYS[2], now, spacing, horizon, #live)
 for i = 1, n do
-  local dkey, sidx = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
-  local did, sid = ARGV[8 + 2 * i], ARGV[9 + 2 * i]
-  redis.call('HSET', dkey, 'ev', ARGV[1], 'sub', sid, 'run', ARGV[5], 'st', 'pending', 'n', 0,
-    'base', 0, 'g', 0, 'ts', ARGV[6], 'up', ARGV[6])
-  redis.call('EXPIRE', dkey, ttl)
-  redis.call('ZADD', KEYS[7], ARGV[6], did)
-  redis.call('ZADD', sidx, ARGV[6], did)
-  redis.call('RPUSH', KEYS[8], did)
-  redis.call('XADD', KEYS[6], '*', 'd', did, 'e', ARGV[1], 'g', 0)
+  local m = live[i]
+  local hkey = ARGV[7] .. m
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), m)
+  redis.call('HSET', hkey, 'lk', ARGV[6])
+  out[i] = {string.format('%.3f', first + (i - 1) * spacing), redis.call('HGETALL', hkey)}
 end
-if n > 0 then redis.call('EXPIRE', KEYS[8], ttl) end
-return {1, ARGV[1]}
+local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local free = first + n * math.max(spacing, 0)
+return {head[2] or false, string.format('%.3f', free), out}
+"""
+
+RESERVE = _SLOTS + """
+-- One request slot outside the schedule (a FLORA callback fetching its run at once).
+-- KEYS: provider's rate bucket. ARGV: now ms, spacing ms, horizon ms.
+-- Returns {slot ms, 1} or {next free slot ms, 0} when none is free within the horizon.
+local first, n = take_slots(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), 1)
+return {string.format('%.3f', first), n}
+"""
+
+PAUSE = """
+-- Push a provider's next free slot to at least ARGV[2] (a 429): every worker waits.
+-- KEYS: provider's rate bucket. ARGV: now ms, resume ms.
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[1])) + 1000)
+end
+return 1
+"""
+
+SETTLE = _ACCEPT_FN + """
+-- Record one poll of a run and schedule its next one, with its event (if any) in the same step.
+-- KEYS: run hash, provider's poll schedule, then accept()'s keys when an event comes with it
+-- ARGV: worker token, member, next poll ms, now ms, retention s, field count f, f field/value
+--       pairs, then accept()'s args
+-- Returns {3} when the lease was lost (another worker owns the run now, or it was untracked),
+-- {4} when the run had finished meanwhile, accept()'s answer when an event came, else {5}.
+local hkey, due, member = KEYS[1], KEYS[2], ARGV[2]
+if redis.call('HGET', hkey, 'lk') ~= ARGV[1] then return {3, ''} end
+if redis.call('HGET', hkey, 'st') == 'finished' then
+  redis.call('ZREM', due, member)
+  return {4, ''}
+end
+local nf = tonumber(ARGV[6])
+local res = {5, ''}
+if #KEYS > 2 then
+  local K, A = {}, {}
+  for i = 3, #KEYS do K[#K + 1] = KEYS[i] end
+  for i = 7 + 2 * nf, #ARGV do A[#A + 1] = ARGV[i] end
+  res = accept(K, A)
+  if res[1] == 2 then return res end
+end
+if nf > 0 then redis.call('HSET', hkey, unpack(ARGV, 7, 6 + 2 * nf)) end
+if redis.call('HGET', hkey, 'st') == 'finished' then
+  redis.call('HSET', hkey, 'np', '')
+elseif res[1] == 0 then
+  -- The terminal event is already out (a callback won the race): this run is done.
+  finish_run(hkey, due, member, ARGV[4], ARGV[5], nil)
+else
+  redis.call('ZADD', due, ARGV[3], member)
+  redis.call('HSET', hkey, 'np', ARGV[3])
+end
+return res
+"""
+
+CALLBACK_PENDING = """
+-- A FLORA callback whose run could not be fetched yet: keep the callback on the tracked run
+-- (tracking it if needed) and poll it at once; the poller emits the terminal event under the
+-- event id answered now.
+-- KEYS: run hash, runs index, provider's poll schedule, terminal dedupe key, wake list
+-- ARGV: member, now ms, event id, callback JSON, then field/value pairs for a new run
+-- Returns {0, existing event id} when the terminal event or a pending one exists, else {1, id}.
+local done = redis.call('GET', KEYS[4])
+if done then return {0, done} end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local pending = redis.call('HGET', KEYS[1], 'pe')
+  if pending then return {0, pending} end
+  redis.call('PERSIST', KEYS[1])
+  redis.call('HSET', KEYS[1], 'st', 'active', 'pn', 0)
+else
+  redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+end
+redis.call('HSET', KEYS[1], 'pe', ARGV[3], 'pcb', ARGV[4], 'np', ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('RPUSH', KEYS[5], ARGV[2])
+redis.call('LTRIM', KEYS[5], -8, -1)
+return {1, ARGV[3]}
 """
 
 FINISH = """

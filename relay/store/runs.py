@@ -1,0 +1,205 @@
+"""Tracked runs in Redis: the poll schedule, leases, shared request budgets and poll results."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from relay import clock
+from relay.store import scripts
+from relay.store.client import storage_op
+from relay.store.keys import Keys, run_member, split_member
+from relay.store.paging import Page, page_index
+
+if TYPE_CHECKING:
+    from relay.store import EventWrite
+
+PROVIDER_NAMES = ("betterprompt", "flora", "runflow")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Runs leased to this worker from one provider's schedule, each with its request slot."""
+
+    runs: list[tuple[float, dict[str, str]]]  # (slot time in s, the run's hash)
+    next_due: float | None  # seconds: when the schedule's head comes due (a lease counts)
+    next_slot: float  # seconds: the provider's next free request slot
+
+
+class RunsMixin:
+    """Store methods for tracked runs; mixed into `Store`, which owns the clients."""
+
+    keys: Keys
+    redis: Any
+    poll_blocking: Any
+    _retention: int
+
+    def _register_run_scripts(self) -> None:
+        r = self.redis
+        self._track = r.register_script(scripts.TRACK)
+        self._claim = r.register_script(scripts.CLAIM)
+        self._reserve = r.register_script(scripts.RESERVE)
+        self._pause = r.register_script(scripts.PAUSE)
+        self._settle = r.register_script(scripts.SETTLE)
+        self._pending = r.register_script(scripts.CALLBACK_PENDING)
+
+    def _accept_parts(self, w: EventWrite) -> tuple[list[str], list[Any]]:
+        raise NotImplementedError  # Store's
+
+    # ---- tracking -----------------------------------------------------------------------
+
+    @storage_op
+    async def track_run(self, provider: str, run_id: str, fields: dict[str, str],
+                        first_poll_ms: int) -> bool:
+        """Start tracking; False (and nothing changed) when the run is tracked already."""
+        k = self.keys
+        flat = [x for pair in fields.items() for x in pair]
+        created = await self._track(
+            keys=[k.run(provider, run_id), k.runs, k.poll_due(provider),
+                  k.dedupe(provider, run_id, "terminal"), k.poll_wake],
+            args=[run_member(provider, run_id), clock.now_ms(), first_poll_ms, self._retention,
+                  *flat],
+        )
+        return bool(created)
+
+    @storage_op
+    async def get_run(self, provider: str, run_id: str) -> dict[str, str] | None:
+        h: dict[str, str] = await self.redis.hgetall(self.keys.run(provider, run_id))
+        return h or None
+
+    @storage_op
+    async def get_runs(self, members: list[str]) -> list[dict[str, str] | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for m in members:
+            pipe.hgetall(self.keys.run(*split_member(m)))
+        return [row or None for row in await pipe.execute()]
+
+    @storage_op
+    async def run_event_ids(self, provider: str, run_id: str) -> list[str]:
+        return list(await self.redis.zrange(self.keys.run_events(provider, run_id), 0, -1))
+
+    @storage_op
+    async def untrack_run(self, provider: str, run_id: str) -> bool:
+        k = self.keys
+        member = run_member(provider, run_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(k.run(provider, run_id))
+        pipe.zrem(k.poll_due(provider), member)
+        pipe.zrem(k.runs, member)
+        deleted, _, _ = await pipe.execute()
+        return bool(deleted)
+
+    @storage_op
+    async def list_runs(self, *, provider: str | None, state: str | None, limit: int,
+                        cursor: str | None) -> Page:
+        async def keep(members: list[str]) -> list[bool]:
+            pipe = self.redis.pipeline(transaction=False)
+            for m in members:
+                pipe.hget(self.keys.run(*split_member(m)), "st")
+            states = await pipe.execute()
+            return [
+                st is not None
+                and (provider is None or split_member(m)[0] == provider)
+                and (state is None or st == state)
+                for m, st in zip(members, states, strict=True)
+            ]
+
+        return await page_index(self.redis, self.keys.runs, limit, cursor, keep)
+
+    @storage_op
+    async def active_runs(self) -> dict[str, int]:
+        """Runs on each provider's schedule (active ones), for /metrics."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in PROVIDER_NAMES:
+            pipe.zcard(self.keys.poll_due(name))
+        return dict(zip(PROVIDER_NAMES, await pipe.execute(), strict=True))
+
+    # ---- the scheduler ------------------------------------------------------------------
+
+    @storage_op
+    async def claim_runs(self, wants: dict[str, tuple[int, float]], *, token: str,
+                         lease_ms: int, horizon_ms: int) -> dict[str, Claim]:
+        """Lease due runs for each provider in `wants` ({provider: (max runs, slot spacing
+        ms)}), in one round trip."""
+        k = self.keys
+        now = clock.now_ms()
+        pipe = self.redis.pipeline(transaction=False)
+        for provider, (count, spacing) in wants.items():
+            self._claim(keys=[k.poll_due(provider), k.rate(provider)],
+                        args=[now, count, spacing, horizon_ms, lease_ms, token, k.run_prefix],
+                        client=pipe)
+        out: dict[str, Claim] = {}
+        for provider, (head, free, rows) in zip(wants, await pipe.execute(), strict=True):
+            runs = [(float(slot) / 1000, _pairs(flat)) for slot, flat in rows]
+            out[provider] = Claim(runs, float(head) / 1000 if head else None, float(free) / 1000)
+        return out
+
+    @storage_op
+    async def wait_for_runs(self, seconds: float) -> bool:
+        """Block until a run is tracked somewhere (the doorbell) or `seconds` pass."""
+        answer = await self.poll_blocking.blpop([self.keys.poll_wake], timeout=max(seconds, 0.01))
+        return answer is not None
+
+    @storage_op
+    async def reserve_slot(self, provider: str, spacing_ms: float, horizon_ms: int
+                           ) -> tuple[float, bool]:
+        """One request slot from the provider's budget: (slot s, True), or (next free s, False)."""
+        at, granted = await self._reserve(keys=[self.keys.rate(provider)],
+                                          args=[clock.now_ms(), spacing_ms, horizon_ms])
+        return float(at) / 1000, bool(int(granted))
+
+    @storage_op
+    async def pause_provider(self, provider: str, until: float) -> None:
+        """No worker gets a request slot for `provider` before `until` (seconds)."""
+        await self._pause(keys=[self.keys.rate(provider)],
+                          args=[clock.now_ms(), int(until * 1000)])
+
+    @storage_op
+    async def settle_run(self, provider: str, run_id: str, *, token: str, next_poll_ms: int,
+                         fields: dict[str, str], event: EventWrite | None) -> tuple[int, str]:
+        """Record a poll and reschedule, with its event; (3, '') lease lost, (4, '') already
+        finished, (5, '') no event, else accept()'s (code, id)."""
+        k = self.keys
+        keys = [k.run(provider, run_id), k.poll_due(provider)]
+        args: list[Any] = [token, run_member(provider, run_id), next_poll_ms, clock.now_ms(),
+                           self._retention, len(fields)]
+        args += [x for pair in fields.items() for x in pair]
+        if event is not None:
+            ekeys, eargs = self._accept_parts(event)
+            keys += ekeys
+            args += eargs
+        code, value = await self._settle(keys=keys, args=args)
+        return int(code), str(value)
+
+    # ---- FLORA callbacks ----------------------------------------------------------------
+
+    @storage_op
+    async def flora_delivery_event(self, delivery_id: str) -> str | None:
+        value = await self.redis.get(self.keys.flora_delivery(delivery_id))
+        return str(value) if value else None
+
+    @storage_op
+    async def remember_flora_delivery(self, delivery_id: str, event_id: str) -> None:
+        await self.redis.set(self.keys.flora_delivery(delivery_id), event_id,
+                             ex=self._retention)
+
+    @storage_op
+    async def callback_pending(self, provider: str, run_id: str, *, event_id: str,
+                               callback: dict[str, Any], fields: dict[str, str]
+                               ) -> tuple[int, str]:
+        """Keep a callback on its tracked run for the poller to finish: (1, event id) kept,
+        (0, id) when its terminal event (or an earlier pending one) exists already."""
+        k = self.keys
+        flat = [x for pair in fields.items() for x in pair]
+        code, value = await self._pending(
+            keys=[k.run(provider, run_id), k.runs, k.poll_due(provider),
+                  k.dedupe(provider, run_id, "terminal"), k.poll_wake],
+            args=[run_member(provider, run_id), clock.now_ms(), event_id,
+                  json.dumps(callback, separators=(",", ":")), *flat],
+        )
+        return int(code), str(value)
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
