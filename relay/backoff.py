@@ -43,3 +43,26 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if seconds != seconds:  # NaN
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+# Poll delays grow by this factor while nothing changes, and double after an error.
+POLL_GROWTH = 1.5
+POLL_JITTER = 0.1
+
+
+def next_poll_interval(previous: float, *, changed: bool, failed: bool, low: float,
+                       high: float) -> float:
+    """The next base delay between polls of a run: back to `low` when its status or progress
+    changed, doubled after an error, else grown by half; always within [low, high]."""
+    if changed or previous <= 0:
+        return low
+    factor = 2.0 if failed else POLL_GROWTH
+    return min(high, max(low, previous * factor))
+
+
+def jittered(interval: float, *, low: float, high: float,
+             rand: random.Random | None = None) -> float:
+    """`interval` varied by up to POLL_JITTER either way, so runs tracked together do not
+    stay in lockstep; kept within [low, high]."""
+    spread = (rand or random).uniform(-POLL_JITTER, POLL_JITTER)
+    return min(high, max(low, interval * (1.0 + spread)))

@@ -98,9 +98,9 @@ def _quiet_server(config: Any) -> Any:
 async def serve_http(settings: Settings, url: str, *, host: str, with_workers: bool) -> None:
     import uvicorn
 
-    from relay.web.app import create_app, delivery_background
+    from relay.web.app import create_app, delivery_background, poller_background
 
-    background = [delivery_background()] if with_workers else []
+    background = [delivery_background(), poller_background()] if with_workers else []
     app = create_app(settings, url, background=background)
     config = uvicorn.Config(
         app, host=host, port=settings.port, loop="none", http="httptools", lifespan="on",
@@ -158,24 +158,34 @@ def worker(once: bool) -> None:
 
 async def run_worker(settings: Settings, url: str, *, once: bool = False) -> None:
     from relay.delivery import DeliveryWorker
-    from relay.outbound import Outbound
+    from relay.outbound import Outbound, ProviderClient
+    from relay.poller import Poller
+    from relay.providers import poll_providers
     from relay.service import Relay
     from relay.store import open_store
 
     async with open_store(settings, url) as store:
         outbound = Outbound(allow_private=settings.allow_private_targets)
+        client = ProviderClient(max_bytes=settings.max_body_bytes)
         try:
             relay = Relay(settings, store)
             delivery = DeliveryWorker(relay, outbound)
+            providers = poll_providers(settings)
+            poller = Poller(relay, providers, client, name=delivery.name) if providers else None
             if once:
+                polled = await poller.run_once() if poller else 0
                 count = await delivery.run_once()
-                log.info("worker_pass_done", attempted=count)
+                log.info("worker_pass_done", attempted=count, polled=polled)
                 return
             stop = asyncio.Event()
             on_signals(stop.set)
-            await delivery.run(stop, grace=SHUTDOWN_GRACE)
+            jobs = [delivery.run(stop, grace=SHUTDOWN_GRACE)]
+            if poller is not None:
+                jobs.append(poller.run(stop, grace=SHUTDOWN_GRACE))
+            await asyncio.gather(*jobs)
         finally:
             await outbound.aclose()
+            await client.aclose()
 
 
 @main.command()

@@ -41,3 +41,11 @@ QUEUE_DEPTH = Gauge(
     ["state"], registry=REGISTRY,
 )
 SUBSCRIPTIONS = Gauge("relay_subscriptions", "Subscriptions stored", registry=REGISTRY)
+POLL_LAG = Histogram(
+    "relay_poll_lag_seconds", "From a run's due time to its poll request being sent",
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+TRACKED_RUNS = Gauge(
+    "relay_tracked_runs", "Runs on the poll schedule (active), read from Redis at scrape time",
+    ["provider"], registry=REGISTRY,
+)

@@ -17,6 +17,7 @@ TERMINAL_EVENTS = {
     "run.partial_succeeded": "partial_succeeded",
 }
 STATUS_TO_EVENT = {status: event for event, status in TERMINAL_EVENTS.items()}
+TERMINAL_STATUSES = frozenset(STATUS_TO_EVENT)
 
 
 class DeliveryStatus(StrEnum):

@@ -62,7 +62,7 @@ class Answer:
 
 
 class Outbound:
-    """A pooled HTTP client for deliveries (and, later, provider polls)."""
+    """A pooled HTTP client for deliveries, guarded against SSRF at every connection."""
 
     def __init__(self, *, allow_private: bool, limit: int = 512) -> None:
         self._allow_private = allow_private
@@ -122,13 +122,13 @@ class Outbound:
             return Answer(None, "", _ms(started), _describe(exc), None)
 
 
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int = RESPONSE_READ_CAP) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(16 * 1024):
         chunks.append(chunk)
         size += len(chunk)
-        if size >= RESPONSE_READ_CAP:
+        if size >= cap:
             break
     return b"".join(chunks)
 
@@ -143,3 +143,46 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError) and cause is not None and str(cause):
         text = f"{text} ({cause})"
     return f"{type(exc).__name__}: {text}"[:500]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What one provider read got back, or why it got nothing."""
+
+    status: int | None
+    body: bytes
+    duration_ms: int
+    error: str | None
+    retry_after: str | None
+
+
+class ProviderClient:
+    """Reads provider APIs. Their hosts come from the operator's configuration, not from API
+    users, so no SSRF guard applies; connections are kept alive across polls."""
+
+    def __init__(self, *, max_bytes: int, limit: int = 256) -> None:
+        self._cap = max_bytes
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=60,
+                                         enable_cleanup_closed=True)
+        self.session = aiohttp.ClientSession(connector=connector, trust_env=False,
+                                             headers={"user-agent": USER_AGENT})
+
+    async def aclose(self) -> None:
+        await self.session.close()
+
+    async def get(self, url: str, headers: dict[str, str], deadline: float) -> Fetched:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(deadline):
+                async with self.session.get(url, headers=headers, allow_redirects=False,
+                                            timeout=aiohttp.ClientTimeout(total=None)) as resp:
+                    body = await _read_capped(resp, self._cap + 1)
+                    if len(body) > self._cap:
+                        return Fetched(resp.status, b"", _ms(started),
+                                       f"the answer is larger than {self._cap} bytes", None)
+                    return Fetched(resp.status, body, _ms(started), None,
+                                   resp.headers.get("retry-after"))
+        except TimeoutError:
+            return Fetched(None, b"", _ms(started), f"timed out after {deadline:g}s", None)
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return Fetched(None, b"", _ms(started), _describe(exc), None)

@@ -47,6 +47,39 @@ def verify_hex_hmac(signature: str | None, message: bytes, secrets: Iterable[str
     return ok
 
 
+# FLORA's SDK refuses signatures more than this far from now, either way.
+FLORA_TOLERANCE = 300
+
+
+def verify_flora_signature(header: str | None, body: bytes, secrets: Iterable[str],
+                           now: float, tolerance: float = FLORA_TOLERANCE) -> str | None:
+    """None when `Flora-Signature: t=<unix s>,v1=<hex>[,v1=...]` signs `{t}.{body}` under any
+    secret with `t` within `tolerance` seconds of now; else why not (never which secret)."""
+    if not header:
+        return "Flora-Signature is missing"
+    stamp: str | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t":
+            stamp = value.strip()
+        elif name == "v1" and _HEX64.match(value.strip()):
+            candidates.append(value.strip())
+    if stamp is None or not stamp.isdigit() or len(stamp) > 12:
+        return "Flora-Signature has no valid t="
+    if not candidates:
+        return "Flora-Signature has no valid v1="
+    if abs(now - int(stamp)) > tolerance:
+        return f"Flora-Signature t= is more than {tolerance:g} s from now"
+    message = stamp.encode() + b"." + body
+    ok = False
+    for secret in secrets:
+        expected = hmac_hex(secret, message)
+        for candidate in candidates:
+            ok |= hmac.compare_digest(expected, candidate)
+    return None if ok else "Flora-Signature does not match the body"
+
+
 class TokenSigner:
     """Callback-URL tokens: what a token carries is signed, never encrypted."""
 

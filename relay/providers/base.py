@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from relay.errors import InvalidJSON
-from relay.models import TERMINAL_EVENTS, Event
+from relay.models import TERMINAL_EVENTS, TERMINAL_STATUSES, Event
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,70 @@ class CallbackProvider(Protocol):
     name: str
 
     @property
-    def has_secrets(self) -> bool:
-        """True when signing secrets are configured (a token alone then does not suffice)."""
+    def token_suffices(self) -> bool:
+        """True when a valid callback token alone authenticates (no signature checked)."""
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
         """Raise InvalidSignature unless the request is authentic."""
 
     def normalize(self, body: bytes, context: CallbackContext) -> Event:
         """Turn a verified body into relay's event; raise InvalidJSON or ValidationFailed."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one poll saw of a run, in relay's vocabulary (CONTRACT 5)."""
+
+    status: str  # queued, running, or a terminal status (succeeded, failed, canceled, ...)
+    progress: float | None = None
+    # Synthesized providers: a list of output entries; Runflow: its `output` as given.
+    outputs: Any = None
+    error: dict[str, Any] | None = None
+    created_at: str | None = None  # None: relay uses its own observation (BetterPrompt)
+    completed_at: str | None = None
+    duration_ms: int | None = None
+    cost: dict[str, Any] | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class PollProvider(Protocol):
+    """A provider whose runs relay polls: where to ask, and what the answer means."""
+
+    name: str
+    # 429 answers carry a Retry-After worth obeying (BetterPrompt); else relay backs off.
+    honours_retry_after: bool
+    # Runflow's `output` is relayed as given; the others are `{"outputs": [...]}`.
+    wraps_outputs: bool
+
+    def run_url(self, run_id: str, technique_id: str | None) -> str:
+        """The URL that reads one run."""
+
+    def headers(self) -> dict[str, str]:
+        """Request headers, the API key among them."""
+
+    def observe(self, doc: Any, *, outputs_seen: float) -> Observation:
+        """Read a parsed 200 answer; ValueError when it is not the documented shape.
+        `outputs_seen` is when relay first saw this run's outputs (for expiry times)."""
+
+
+def number_time(value: Any) -> str | None:
+    """A numeric provider time as ISO 8601: above 1e12 it is milliseconds, else seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    seconds = value / 1000 if value > 1e12 else float(value)
+    if not math.isfinite(seconds) or seconds > 1e11:
+        return None
+    from relay.clock import iso
+
+    return iso(seconds)
+
+
+def first(doc: Mapping[str, Any], *names: str) -> Any:
+    """The first of `names` present (not None) in `doc`: providers drift between spellings."""
+    for name in names:
+        if doc.get(name) is not None:
+            return doc[name]
+    return None

@@ -1,14 +1,15 @@
-"""Runflow: verify `Runflow-Signature` and turn callback envelopes into relay events."""
+"""Runflow: verify `Runflow-Signature`, turn callback envelopes into events, poll runs."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from relay import clock, ids
 from relay.errors import InvalidSignature, ValidationFailed
-from relay.models import STATUS_TO_EVENT, TERMINAL_EVENTS, Event
-from relay.providers.base import CallbackContext, merge_metadata, parse_json
+from relay.models import STATUS_TO_EVENT, TERMINAL_EVENTS, TERMINAL_STATUSES, Event
+from relay.providers.base import CallbackContext, Observation, first, merge_metadata, parse_json
 from relay.signing import verify_hex_hmac
 
 # Runflow's status uses US spelling, its event names UK spelling; accept both on input.
@@ -50,8 +51,9 @@ class Runflow:
         self._secrets = tuple(secrets)
 
     @property
-    def has_secrets(self) -> bool:
-        return bool(self._secrets)
+    def token_suffices(self) -> bool:
+        # CONTRACT 4.1: with secrets configured, a token URL must carry a valid signature too.
+        return not self._secrets
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
         if not self._secrets:
@@ -152,3 +154,58 @@ class Runflow:
             })
             return None, None
         return event, status if status is not None else TERMINAL_EVENTS[event]
+
+
+# Runflow's non-terminal statuses, in relay's vocabulary (dispatching: not yet executing).
+_RUNNING = {"queued": "queued", "dispatching": "queued", "running": "running"}
+
+
+class RunflowAPI:
+    """Polls `GET {base}/v1/runs/{id}`: the safety net that catches a lost Runflow callback."""
+
+    name = "runflow"
+    honours_retry_after = False  # Runflow's 429 carries no Retry-After (research/providers.md)
+    wraps_outputs = False
+
+    def __init__(self, api_key: str, base_url: str) -> None:
+        self._headers = {"authorization": f"Bearer {api_key}", "accept": "application/json"}
+        self._base = base_url.rstrip("/")
+
+    def run_url(self, run_id: str, technique_id: str | None) -> str:
+        return f"{self._base}/v1/runs/{quote(run_id, safe='')}"
+
+    def headers(self) -> dict[str, str]:
+        return self._headers
+
+    def observe(self, doc: Any, *, outputs_seen: float) -> Observation:
+        if isinstance(doc, dict) and isinstance(doc.get("data"), dict) and not (
+                "status_code" in doc or "status" in doc):
+            doc = doc["data"]
+        if not isinstance(doc, dict):
+            raise ValueError("a Runflow run is a JSON object")
+        # The API reference says status_code, the errors page says status: accept both.
+        raw = first(doc, "status_code", "status")
+        if not isinstance(raw, str) or not raw:
+            raise ValueError("the run has no status_code")
+        status = _STATUS_ALIASES.get(raw, raw)
+        if status not in TERMINAL_STATUSES:
+            # An unknown status is taken as still in progress: polling carries on.
+            status = _RUNNING.get(status, status)
+        duration = doc.get("duration_ms")
+        if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
+            duration = None
+        done, total = doc.get("nodes_completed"), doc.get("nodes_total")
+        progress = None
+        if isinstance(done, int) and isinstance(total, int) and total > 0:
+            progress = round(100 * done / total, 1)
+        terminal = status in TERMINAL_STATUSES
+        return Observation(
+            status=status,
+            progress=progress,
+            outputs=doc.get("output") if status in ("succeeded", "partial_succeeded") else None,
+            error=_error_from(doc) if status in ("failed", "partial_succeeded") else None,
+            created_at=doc["created_at"] if isinstance(doc.get("created_at"), str) else None,
+            completed_at=doc["completed_at"] if terminal and isinstance(
+                doc.get("completed_at"), str) else None,
+            duration_ms=int(duration) if terminal and duration is not None else None,
+        )

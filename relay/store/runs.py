@@ -126,9 +126,11 @@ class RunsMixin:
         now = clock.now_ms()
         pipe = self.redis.pipeline(transaction=False)
         for provider, (count, spacing) in wants.items():
-            self._claim(keys=[k.poll_due(provider), k.rate(provider)],
-                        args=[now, count, spacing, horizon_ms, lease_ms, token, k.run_prefix],
-                        client=pipe)
+            # Queued on the pipeline; the awaited call only adds it there.
+            await self._claim(keys=[k.poll_due(provider), k.rate(provider)],
+                              args=[now, count, spacing, horizon_ms, lease_ms, token,
+                                    k.run_prefix],
+                              client=pipe)
         out: dict[str, Claim] = {}
         for provider, (head, free, rows) in zip(wants, await pipe.execute(), strict=True):
             runs = [(float(slot) / 1000, _pairs(flat)) for slot, flat in rows]

@@ -1,4 +1,4 @@
-"""The admin API (CONTRACT 4.2): subscriptions, callback URLs, events and deliveries."""
+"""The admin API (CONTRACT 4.2): subscriptions, tracked runs, callback URLs, events, deliveries."""
 
 from __future__ import annotations
 
@@ -122,6 +122,51 @@ async def mint_callback_url(request: Request) -> Response:
     return JSONResponse({"url": f"{state.settings.public_url}/callbacks/{provider}/{token}"})
 
 
+_RUN_FIELDS = {"provider", "run_id", "technique_id", "channels", "metadata"}
+
+
+@admin
+async def track_run(request: Request) -> Response:
+    doc = await v.json_body(request, allowed=_RUN_FIELDS)
+    problems = v.Problems()
+    provider = v.string(doc, "provider", problems, required=True, max_len=64)
+    run_id = v.run_id(doc, "run_id", problems)
+    technique = v.string(doc, "technique_id", problems, max_len=256, nullable=True)
+    channels = v.string_list(doc, "channels", problems)
+    problems.raise_if_any()
+    assert provider is not None and run_id is not None
+    view, created = await state_of(request).tracking.track(
+        provider, run_id, technique_id=technique, channels=channels,
+        metadata=doc.get("metadata"))
+    return JSONResponse(view, status_code=201 if created else 200)
+
+
+@admin
+async def list_runs(request: Request) -> Response:
+    limit, cursor = v.paging(request)
+    q = request.query_params
+    state_filter = q.get("state") or None
+    if state_filter is not None and state_filter not in ("active", "finished"):
+        raise ValidationFailed("validation_error", "unknown run state", details=[
+            {"field": "state", "problem": "must be active or finished"}])
+    data, next_cursor = await state_of(request).tracking.list(
+        provider=q.get("provider") or None, state=state_filter, limit=limit, cursor=cursor)
+    return JSONResponse({"data": data, "next_cursor": next_cursor})
+
+
+@admin
+async def show_run(request: Request) -> Response:
+    p = request.path_params
+    return JSONResponse(await state_of(request).tracking.show(p["provider"], p["run_id"]))
+
+
+@admin
+async def untrack_run(request: Request) -> Response:
+    p = request.path_params
+    await state_of(request).tracking.untrack(p["provider"], p["run_id"])
+    return Response(status_code=204)
+
+
 @admin
 async def list_events(request: Request) -> Response:
     limit, cursor = v.paging(request)
@@ -188,6 +233,10 @@ routes = [
     Route("/v1/subscriptions/{id}/test", test_subscription, methods=["POST"]),
     Route("/v1/subscriptions/{id}/recover", recover_subscription, methods=["POST"]),
     Route("/v1/callback-urls", mint_callback_url, methods=["POST"]),
+    Route("/v1/runs", track_run, methods=["POST"]),
+    Route("/v1/runs", list_runs, methods=["GET"]),
+    Route("/v1/runs/{provider}/{run_id:path}", show_run, methods=["GET"]),
+    Route("/v1/runs/{provider}/{run_id:path}", untrack_run, methods=["DELETE"]),
     Route("/v1/events", list_events, methods=["GET"]),
     Route("/v1/events/{id}", show_event, methods=["GET"]),
     Route("/v1/events/{id}/redeliver", redeliver_event, methods=["POST"]),

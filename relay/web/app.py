@@ -20,11 +20,12 @@ from starlette.routing import Route
 from relay import metrics
 from relay.config import Settings
 from relay.errors import PayloadTooLarge, RelayError, StorageUnavailable, Unauthorized
-from relay.outbound import Outbound
-from relay.providers import CallbackProvider, callback_providers
+from relay.outbound import Outbound, ProviderClient
+from relay.providers import CallbackProvider, callback_providers, poll_providers
 from relay.service import Relay
 from relay.signing import TokenSigner
 from relay.store import Store
+from relay.tracking import Tracking
 
 log = structlog.get_logger("relay.web")
 
@@ -40,6 +41,7 @@ class AppState:
     relay: Relay
     providers: dict[str, CallbackProvider]
     signer: TokenSigner
+    tracking: Tracking
 
 
 def state_of(request: Request) -> AppState:
@@ -134,6 +136,8 @@ async def metrics_endpoint(request: Request) -> Response:
         metrics.QUEUE_DEPTH.labels("scheduled_retries").set(depths["scheduled_retries"])
         metrics.QUEUE_DEPTH.labels("dead").set(depths["dead"])
         metrics.SUBSCRIPTIONS.set(depths["subscriptions"])
+        for provider, count in (await state_of(request).store.active_runs()).items():
+            metrics.TRACKED_RUNS.labels(provider).set(count)
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -159,8 +163,12 @@ def create_app(
         except StorageUnavailable as exc:
             # Start anyway: /readyz says 503 and ingest answers 503 until Redis is back.
             log.warning("storage_unavailable_at_start", error=exc.message)
+        pollable = poll_providers(settings)
+        # Provider reads from this process: FLORA callbacks fetch their run at once.
+        client = ProviderClient(max_bytes=settings.max_body_bytes) if pollable else None
         state = AppState(settings, store, relay, callback_providers(settings),
-                         TokenSigner(settings.secret_key.reveal() if settings.secret_key else ""))
+                         TokenSigner(settings.secret_key.reveal() if settings.secret_key else ""),
+                         Tracking(relay, client, pollable))
         app.state.relay = state
         stop = asyncio.Event()
         tasks = [asyncio.create_task(job(state, stop)) for job in background or []]
@@ -169,6 +177,8 @@ def create_app(
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if client is not None:
+                await client.aclose()
             await store.aclose()
 
     routes = [
@@ -186,6 +196,23 @@ def create_app(
         Exception: unexpected_error,
     }
     return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+
+
+def poller_background() -> Background:
+    """The poll scheduler as a task of the web process (`relay serve`)."""
+
+    async def run(state: AppState, stop: asyncio.Event) -> None:
+        from relay.poller import Poller
+
+        if not state.tracking.providers:
+            return  # no provider API key: nothing can be tracked, so nothing to poll
+        client = ProviderClient(max_bytes=state.settings.max_body_bytes)
+        try:
+            await Poller(state.relay, state.tracking.providers, client).run(stop)
+        finally:
+            await client.aclose()
+
+    return run
 
 
 def delivery_background(outbound_limit: int = 512) -> Background:

@@ -10,6 +10,7 @@ from starlette.routing import Route
 from relay import clock, metrics
 from relay.errors import RelayError
 from relay.providers import CallbackContext
+from relay.providers.flora import Flora
 from relay.web.app import read_body, state_of
 
 log = structlog.get_logger("relay.ingest")
@@ -29,19 +30,27 @@ async def callback(request: Request) -> Response:
         claims = {}
         if token is not None:
             claims = state.signer.loads(token, provider=provider_name)
-            # A token alone authenticates only when no signing secret is configured.
-            if provider.has_secrets:
+            if not provider.token_suffices:
                 provider.verify(request.headers, body)
         else:
             provider.verify(request.headers, body)
-        channels = claims.get("c") or ()
-        event = provider.normalize(body, CallbackContext(
-            observed_at=clock.now(),
-            channels=tuple(str(c) for c in channels),
-            metadata=claims.get("m"),
-            claims=claims,
-        ))
-        accepted = await state.relay.accept(event)
+        observed_at = clock.now()
+        if provider_name == "flora":
+            # FLORA's callback carries no outputs: the run is read before the event is made.
+            flora = state.providers["flora"]
+            assert isinstance(flora, Flora)
+            accepted, event_type = await state.tracking.flora_callback(
+                flora, body, claims, observed_at)
+        else:
+            channels = claims.get("c") or ()
+            event = provider.normalize(body, CallbackContext(
+                observed_at=observed_at,
+                channels=tuple(str(c) for c in channels),
+                metadata=claims.get("m"),
+                claims=claims,
+            ))
+            accepted = await state.relay.accept(event)
+            event_type = event.event
     except RelayError as exc:
         metrics.CALLBACKS.labels(provider_name, exc.code).inc()
         log.info("callback_refused", status=exc.status, code=exc.code, reason=exc.message,
@@ -50,9 +59,9 @@ async def callback(request: Request) -> Response:
     outcome = "duplicate" if accepted.duplicate else "accepted"
     metrics.CALLBACKS.labels(provider_name, outcome).inc()
     if not accepted.duplicate:
-        metrics.EVENTS.labels(provider_name, event.event, event.source).inc()
-    log.info("callback_accepted", event_id=accepted.event_id, run_id=event.subject,
-             event_type=event.event, duplicate=accepted.duplicate, **log_fields)
+        metrics.EVENTS.labels(provider_name, event_type, "callback").inc()
+    log.info("callback_accepted", event_id=accepted.event_id, event_type=event_type,
+             duplicate=accepted.duplicate, **log_fields)
     return JSONResponse({"ok": True, "event_id": accepted.event_id,
                          "duplicate": accepted.duplicate})
 
@@ -60,4 +69,6 @@ async def callback(request: Request) -> Response:
 routes = [
     Route("/callbacks/runflow", callback, methods=["POST"]),
     Route("/callbacks/runflow/{token}", callback, methods=["POST"]),
+    Route("/callbacks/flora", callback, methods=["POST"]),
+    Route("/callbacks/flora/{token}", callback, methods=["POST"]),
 ]

@@ -65,6 +65,16 @@ def string(doc: dict[str, Any], name: str, problems: Problems, *, required: bool
     return value
 
 
+def run_id(doc: dict[str, Any], name: str, problems: Problems) -> str | None:
+    """A provider's run id: it goes into provider URLs (escaped) and Redis keys, so no
+    whitespace or control characters."""
+    value = string(doc, name, problems, required=True, max_len=256)
+    if value is not None and any(c.isspace() or not c.isprintable() for c in value):
+        problems.add(name, "must not contain whitespace or control characters")
+        return None
+    return value
+
+
 def string_list(doc: dict[str, Any], name: str, problems: Problems, *, nullable: bool = True,
                 max_items: int = 100) -> list[str] | None:
     if name not in doc or doc[name] is None:

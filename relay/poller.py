@@ -1,0 +1,385 @@
+"""The poll scheduler: lease due runs from Redis, read them within the provider's shared
+budget, and turn what changed into `run.*` events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from relay import backoff, clock, metrics
+from relay.config import Settings
+from relay.delivery import consumer_name
+from relay.errors import InvalidJSON, StorageUnavailable
+from relay.models import Event
+from relay.outbound import ProviderClient
+from relay.providers import CallbackContext, Observation, PollProvider
+from relay.providers.base import parse_json
+from relay.providers.flora import FloraCallback, event_from_callback
+from relay.runs import TrackedRun, expired_event, run_event
+from relay.service import Relay
+
+log = structlog.get_logger("relay.poller")
+
+# Longest an idle poller sleeps; a newly tracked run rings the doorbell and wakes it sooner.
+IDLE_SLEEP = 60.0
+# Runs leased per provider per claim.
+CLAIM_BATCH = 200
+# Between two claims that did not fill a batch; bounds claim round trips at high load.
+CLAIM_TICK = 0.02
+# Slots are spaced this much wider than 1/rate, so that network jitter can never make the
+# provider count more than its limit in any one-second window.
+RATE_MARGIN = 1.02
+# After this many 404s in a row a run ends with run.expired (the provider does not know it).
+NOT_FOUND_LIMIT = 3
+# Polls that may fail to confirm a FLORA callback before it is emitted on its own word.
+CALLBACK_CONFIRM_POLLS = 5
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """One provider read, classified."""
+
+    kind: str  # ok, not_found, auth, rate_limited, retry, client_error
+    observation: Observation | None = None
+    raw: bytes = b""
+    status_code: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+async def read_run(client: ProviderClient, adapter: PollProvider, run_id: str,
+                   technique_id: str | None, deadline: float) -> PollResult:
+    """GET the run and classify the answer; never raises for anything the provider does."""
+    try:
+        url = adapter.run_url(run_id, technique_id)
+    except ValueError as exc:
+        return PollResult("client_error", error=str(exc))
+    got = await client.get(url, adapter.headers(), deadline)
+    code = got.status
+    if code is None or got.error is not None:
+        return PollResult("retry", status_code=code, error=got.error)
+    if 200 <= code < 300:
+        try:
+            doc = parse_json(got.body)
+            obs = adapter.observe(doc, outputs_seen=clock.now())
+        except (InvalidJSON, ValueError) as exc:
+            text = exc.message if isinstance(exc, InvalidJSON) else str(exc)
+            return PollResult("retry", status_code=code, error=f"unreadable answer: {text}")
+        return PollResult("ok", obs, got.body, code)
+    if code in (404, 410):
+        return PollResult("not_found", status_code=code, error=f"HTTP {code}")
+    if code in (401, 403):
+        return PollResult("auth", status_code=code, error=f"HTTP {code}: the provider refused "
+                          f"the API key")
+    if code == 429:
+        hint = None
+        if adapter.honours_retry_after:
+            hint = backoff.parse_retry_after(got.retry_after, clock.now())
+        return PollResult("rate_limited", status_code=code, error="HTTP 429", retry_after=hint)
+    if code >= 500 or code == 408:
+        return PollResult("retry", status_code=code, error=f"HTTP {code}")
+    return PollResult("client_error", status_code=code, error=f"HTTP {code}")
+
+
+@dataclass
+class Decision:
+    """What a poll changes: the run's fields, the event to emit, when to poll next."""
+
+    fields: dict[str, str]
+    event: Event | None = None
+    next_poll: float = 0.0
+    pause_until: float | None = None  # the provider's whole budget waits (429)
+    log_fields: dict[str, Any] = field(default_factory=dict)
+
+
+def _error(code: str, message: str, status: int | None = None) -> str:
+    return json.dumps({"code": code, "message": message, "status_code": status},
+                      separators=(",", ":"))
+
+
+def callback_event(run: TrackedRun, observed_at: float) -> Event:
+    """The terminal event on a FLORA callback's own word (no outputs), under the id answered."""
+    pcb = run.pending_callback or {}
+    cb = FloraCallback(delivery_id=pcb.get("d", ""), run_id=run.run_id,
+                       status=pcb.get("s", "succeeded"), error=pcb.get("e"),
+                       created_at=pcb.get("c"))
+    ctx = CallbackContext(observed_at=observed_at, channels=tuple(run.channels),
+                          metadata=run.metadata)
+    return event_from_callback(cb, str(pcb.get("raw", "null")).encode(), ctx,
+                               event_id=run.pending_event)
+
+
+def decide(run: TrackedRun, result: PollResult, *, now: float, settings: Settings,
+           wraps_outputs: bool) -> Decision:
+    """Pure: from a run and what its poll got, the new fields, event and next poll time."""
+    low, high = settings.poll_min_interval, settings.poll_max_interval
+    fields = {"lp": str(int(now * 1000)), "n": str(run.polls + 1)}
+    changed = failed = False
+    interval: float | None = None
+    d = Decision(fields)
+    pending = run.pending_event is not None
+    if result.kind == "ok":
+        obs = result.observation
+        assert obs is not None
+        fields.update(nf="0", e="")
+        if obs.outputs and run.outputs_seen is None:
+            fields["os"] = str(int(now * 1000))
+        if obs.terminal:
+            d.event = run_event(run, obs, raw=result.raw, observed_at=now,
+                                wraps_outputs=wraps_outputs,
+                                source="callback" if pending else "poll",
+                                event_id=run.pending_event)
+            fields["s"] = obs.status
+            return d
+        changed = obs.status != run.status or obs.progress != run.progress
+        fields["s"] = obs.status
+        fields["pg"] = "" if obs.progress is None else repr(obs.progress)
+        if changed:
+            d.event = run_event(run, obs, raw=result.raw, observed_at=now,
+                                wraps_outputs=wraps_outputs)
+    elif result.kind == "not_found":
+        misses = run.not_found + 1
+        fields.update(nf=str(misses), e=_error("not_found", "the provider does not know this "
+                                                "run", result.status_code))
+        if misses >= NOT_FOUND_LIMIT and not pending:
+            d.event = expired_event(run, observed_at=now, error={
+                "code": "not_found", "message": f"the provider answered {result.status_code} "
+                f"{misses} times in a row", "stage": "relay"})
+            return d
+        failed = True
+    elif result.kind == "auth":
+        fields["e"] = _error("provider_auth", f"{result.error}: check the provider's API key",
+                             result.status_code)
+        d.log_fields = {"status_code": result.status_code}
+        interval = high
+    elif result.kind == "rate_limited":
+        fields["e"] = _error("rate_limited", "the provider answered 429", 429)
+        wait = result.retry_after
+        if wait is None:
+            wait = backoff.next_poll_interval(run.interval, changed=False, failed=True,
+                                              low=low, high=high)
+            fields["iv"] = str(int(wait * 1000))
+        d.pause_until = now + wait
+        d.next_poll = now + wait
+    else:  # retry, client_error
+        fields["e"] = _error("provider_unavailable" if result.kind == "retry"
+                             else "provider_refused", result.error or "", result.status_code)
+        failed = True
+        if result.kind == "client_error":
+            interval = high
+    if pending:
+        fields["pn"] = str(run.callback_polls + 1)
+        gave_up = run.callback_polls + 1 >= CALLBACK_CONFIRM_POLLS or (
+            result.kind == "not_found" and run.not_found + 1 >= NOT_FOUND_LIMIT)
+        if gave_up:
+            d.event = callback_event(run, now)
+            return d
+    if not d.next_poll:
+        if interval is None:
+            interval = backoff.next_poll_interval(run.interval, changed=changed, failed=failed,
+                                                  low=low, high=high)
+        fields["iv"] = str(int(interval * 1000))
+        d.next_poll = now + backoff.jittered(interval, low=low, high=high)
+    d.next_poll = min(d.next_poll, run.since + settings.poll_max_age)
+    return d
+
+
+class Poller:
+    """Polls the tracked runs of the configured providers; any number may run at once."""
+
+    def __init__(self, relay: Relay, providers: dict[str, PollProvider],
+                 client: ProviderClient, *, name: str | None = None,
+                 concurrency: int = 256) -> None:
+        self.relay = relay
+        self.store = relay.store
+        self.settings = relay.settings
+        self.providers = providers
+        self.client = client
+        self.name = name or consumer_name()
+        self.concurrency = concurrency
+        claim = self.settings.claim_timeout
+        self.lease_ms = int(claim * 1000)
+        # The lease must outlast the wait for a slot plus the request, whatever the timeout.
+        self.horizon = min(1.0, claim * 0.25)
+        self.deadline = max(0.2, min(30.0, claim * 0.5))
+        self.spacing = {name: spacing_ms(self.settings, name) for name in providers}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._wake_at = 0.0
+        self._stopping = False
+
+    # ---- loops --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, *, grace: float = 18.0) -> None:
+        loop = asyncio.create_task(self._guarded(), name="poller")
+        log.info("poller_started", consumer=self.name, providers=sorted(self.providers))
+        await stop.wait()
+        self._stopping = True
+        loop.cancel()
+        _, pending = await asyncio.wait([loop], timeout=1.0)
+        if pending:
+            await self.store.interrupt_reads()
+            await asyncio.wait(pending, timeout=2.0)
+        if self._tasks:
+            # Unfinished polls keep their lease and are taken over after RELAY_CLAIM_TIMEOUT.
+            _, left = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
+        log.info("poller_stopped", consumer=self.name)
+
+    async def _guarded(self) -> None:
+        delay = 0.1
+        while not self._stopping:
+            try:
+                await self._loop()
+            except asyncio.CancelledError:
+                raise
+            except StorageUnavailable as exc:
+                log.warning("storage_unavailable", loop="poller", error=str(exc))
+            except Exception:
+                log.exception("worker_loop_crashed", loop="poller")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _loop(self) -> None:
+        while True:
+            free = self.concurrency - len(self._tasks)
+            if free <= 0:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            _, full, wake_at = await self.claim(free)
+            if full:
+                continue
+            now = clock.now()
+            self._wake_at = wake_at
+            wait = max(wake_at - now, CLAIM_TICK)
+            if self._tasks:
+                # Polls in flight reschedule runs and may make one due sooner: wait locally,
+                # and look again within a second for runs other processes tracked.
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(wait, 1.0))
+            else:
+                await self.store.wait_for_runs(min(wait, IDLE_SLEEP))
+
+    async def claim(self, free: int) -> tuple[int, bool, float]:
+        """Lease what is due and start polling it: (runs started, a batch came back full,
+        when to look again)."""
+        per = max(1, min(CLAIM_BATCH, free // max(len(self.providers), 1)))
+        wants = {name: (per, self.spacing[name]) for name in self.providers}
+        claims = await self.store.claim_runs(wants, token=self.name, lease_ms=self.lease_ms,
+                                             horizon_ms=int(self.horizon * 1000))
+        now = clock.now()
+        wake_at = now + IDLE_SLEEP
+        started, full = 0, False
+        for provider, claim in claims.items():
+            for slot, fields in claim.runs:
+                task = asyncio.create_task(self._poll(provider, fields, slot))
+                self._tasks.add(task)
+                task.add_done_callback(self._finished)
+                started += 1
+            full |= len(claim.runs) >= per
+            if claim.next_due is not None:
+                at = claim.next_due
+                if self.spacing[provider] and at <= now:
+                    # Due now but out of budget: look again when the next slot can be had.
+                    at = max(at, claim.next_slot - self.horizon)
+                wake_at = min(wake_at, at)
+        return started, full, wake_at
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if len(self._tasks) == self.concurrency - 1:
+            self._wake.set()
+
+    # ---- one pass, for tests ------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """Poll every run that is due now (within the budget) and wait for the polls."""
+        started = 0
+        while True:
+            count, full, _ = await self.claim(self.concurrency)
+            started += count
+            if not full:
+                break
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        return started
+
+    # ---- one poll -----------------------------------------------------------------------
+
+    async def _poll(self, provider: str, fields: dict[str, str], slot: float) -> None:
+        run = TrackedRun.from_hash(fields)
+        structlog.contextvars.bind_contextvars(provider=provider, run_id=run.run_id)
+        adapter = self.providers[provider]
+        try:
+            now = clock.now()
+            if now >= run.since + self.settings.poll_max_age:
+                await self._expire(run)
+                return
+            if slot > now:
+                await asyncio.sleep(slot - now)
+            sent = clock.now()
+            if run.next_poll:
+                metrics.POLL_LAG.observe(max(sent - run.next_poll, 0.0))
+            result = await read_run(self.client, adapter, run.run_id, run.technique_id,
+                                    self.deadline)
+            metrics.POLLS.labels(provider, result.kind).inc()
+            decision = decide(run, result, now=clock.now(), settings=self.settings,
+                              wraps_outputs=adapter.wraps_outputs)
+            if decision.pause_until is not None:
+                await self.store.pause_provider(provider, decision.pause_until)
+            await self._settle(run, decision)
+            if result.kind != "ok":
+                log.log(30 if result.kind == "auth" else 20, "poll_failed", kind=result.kind,
+                        status_code=result.status_code, error=result.error)
+        except StorageUnavailable as exc:
+            # The lease stays; the run is polled again once it runs out.
+            log.warning("poll_not_settled", error=str(exc))
+        except Exception:
+            log.exception("poll_crashed")
+
+    async def _expire(self, run: TrackedRun) -> None:
+        now = clock.now()
+        if run.pending_event is not None:
+            event = callback_event(run, now)
+        else:
+            event = expired_event(run, observed_at=now, error={
+                "code": "max_age", "message": "tracking gave up after RELAY_POLL_MAX_AGE",
+                "stage": "relay"})
+        await self._settle(run, Decision({"lp": str(int(now * 1000))}, event))
+
+    async def _settle(self, run: TrackedRun, decision: Decision) -> None:
+        async def write(w: Any) -> tuple[int, str]:
+            return await self.store.settle_run(
+                run.provider, run.run_id, token=self.name,
+                next_poll_ms=int(decision.next_poll * 1000), fields=decision.fields, event=w)
+
+        event = decision.event
+        if event is None:
+            code, _ = await write(None)
+        else:
+            code, value = await self.relay.store_matched(event, write=write)
+            if code == 1:
+                metrics.EVENTS.labels(run.provider, event.event, event.source).inc()
+                log.info("run_event", event_id=value, event_type=event.event,
+                         status=event.status)
+        if decision.next_poll and code in (1, 5) and decision.next_poll < self._wake_at:
+            self._wake.set()
+        if code == 3:
+            log.info("poll_lease_lost", note="another worker took the run over, or it was "
+                                             "untracked; this poll's result is dropped")
+
+
+def spacing_ms(settings: Settings, provider: str) -> float:
+    """Milliseconds between two request slots of `provider`, deployment-wide; 0: no limit."""
+    from relay.providers import rate_limit
+
+    rate = rate_limit(settings, provider)
+    return 1000.0 / rate * RATE_MARGIN if rate else 0.0
