@@ -102,7 +102,7 @@ class Rig:
         return [json.loads(b) for b in bodies if b]
 
     async def finished(self, provider: str, run_id: str) -> bool:
-        return (await self.tracking.show(provider, run_id))["state"] == "finished"
+        return bool((await self.tracking.show(provider, run_id))["state"] == "finished")
 
 
 @pytest.fixture
