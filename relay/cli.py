@@ -253,6 +253,6 @@ def _embedded_url(settings: Settings) -> str:
     return f"unix://{sock}"
 
 
-from relay import cli_admin  # noqa: E402  (registers the admin commands on `main`)
+from relay import cli_admin, cli_runs  # noqa: E402  (registers the admin commands on `main`)
 
-__all__ = ["admin_command", "cli_admin", "main"]
+__all__ = ["admin_command", "cli_admin", "cli_runs", "main"]

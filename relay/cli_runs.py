@@ -1,0 +1,113 @@
+"""Admin commands for tracked runs: `relay runs track|list|show|untrack`."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import click
+
+from relay.cli import admin_command, fail, main
+from relay.cli_admin import (
+    _emit_json,
+    _fields,
+    _Group,
+    _listing,
+    _problems_line,
+    _show,
+    json_option,
+    paging_options,
+)
+
+if TYPE_CHECKING:
+    from relay.service import Relay
+
+_RUN_COLUMNS = ("provider", "run_id", "state", "status", "polls", "last_polled_at",
+                "next_poll_at")
+_PROVIDERS = click.Choice(["betterprompt", "flora", "runflow"])
+
+
+@main.group(cls=_Group)
+def runs() -> None:
+    """Track runs on the poll scheduler (BetterPrompt, FLORA, Runflow)."""
+
+
+@runs.command()
+@click.argument("provider", type=_PROVIDERS)
+@click.argument("run_id")
+@click.option("--technique-id", help="FLORA technique id or slug (required for flora).")
+@click.option("--channel", "channels", multiple=True,
+              help="Channel attached to this run's events; repeatable.")
+@click.option("--metadata", metavar="JSON", help="JSON attached to this run's events.")
+@json_option
+@admin_command
+async def track(relay: Relay, provider: str, run_id: str, technique_id: str | None,
+                channels: tuple[str, ...], metadata: str | None, as_json: bool) -> None:
+    """Start polling a run until it ends; idempotent."""
+    from relay.tracking import Tracking
+    from relay.web import validate as v
+
+    problems = v.Problems()
+    chosen = v.string_list({"channels": list(channels) or None}, "channels", problems)
+    v.run_id({"run_id": run_id}, "run_id", problems)
+    message = _problems_line(problems)
+    if message:
+        fail(message)
+    meta = None
+    if metadata is not None:
+        try:
+            meta = json.loads(metadata)
+        except ValueError as exc:
+            fail(f"--metadata is not valid JSON: {exc}")
+    view, created = await Tracking(relay).track(provider, run_id, technique_id=technique_id,
+                                                channels=chosen, metadata=meta)
+    if as_json:
+        _emit_json(view)
+        return
+    _fields(view)
+    if not created:
+        click.echo("(already tracked: shown as it is)", err=True)
+
+
+@runs.command("list")
+@click.option("--provider", type=_PROVIDERS, help="Only this provider's runs.")
+@click.option("--state", type=click.Choice(["active", "finished"]), help="Only these runs.")
+@paging_options
+@json_option
+@admin_command
+async def list_runs(relay: Relay, provider: str | None, state: str | None, limit: int,
+                    cursor: str | None, as_json: bool) -> None:
+    """List tracked runs, newest first."""
+    from relay.tracking import Tracking
+
+    data, next_cursor = await Tracking(relay, providers={}).list(
+        provider=provider, state=state, limit=limit, cursor=cursor or None)
+    _listing(data, next_cursor, as_json, _RUN_COLUMNS)
+
+
+@runs.command("show")
+@click.argument("provider", type=_PROVIDERS)
+@click.argument("run_id")
+@json_option
+@admin_command
+async def show_run(relay: Relay, provider: str, run_id: str, as_json: bool) -> None:
+    """Show a tracked run: its state, polls, last error and events."""
+    from relay.tracking import Tracking
+
+    _show(await Tracking(relay, providers={}).show(provider, run_id), as_json)
+
+
+@runs.command("untrack")
+@click.argument("provider", type=_PROVIDERS)
+@click.argument("run_id")
+@json_option
+@admin_command
+async def untrack(relay: Relay, provider: str, run_id: str, as_json: bool) -> None:
+    """Stop tracking a run (its events stay)."""
+    from relay.tracking import Tracking
+
+    await Tracking(relay, providers={}).untrack(provider, run_id)
+    if as_json:
+        _emit_json({"untracked": True})
+    else:
+        click.echo(f"no longer tracking {provider} run {run_id}")
