@@ -94,14 +94,15 @@ class Tracking:
     # ---- FLORA callbacks ----------------------------------------------------------------
 
     async def flora_callback(self, flora: Flora, body: bytes, claims: dict[str, Any],
-                             observed_at: float) -> tuple[Accepted, str]:
+                             observed_at: float) -> tuple[Accepted, str, str]:
         """Accept a verified FLORA callback: read the run at once for its outputs, or leave the
-        callback for the poller when the run cannot be read yet. Returns (answer, event type)."""
+        callback for the poller when the run cannot be read yet. Returns (answer, event type,
+        run id)."""
         cb = flora.parse(body)
         seen = await self.store.flora_delivery_event(cb.delivery_id)
         if seen is not None:
-            return Accepted(seen, duplicate=True), "run.completed" if cb.status == "succeeded" \
-                else "run.failed"
+            kind = "run.completed" if cb.status == "succeeded" else "run.failed"
+            return Accepted(seen, duplicate=True), kind, cb.run_id
         h = await self.store.get_run("flora", cb.run_id)
         run = TrackedRun.from_hash(h) if h else None
         token_channels = [str(c) for c in claims.get("c") or ()]
@@ -136,7 +137,7 @@ class Tracking:
                     log.info("flora_callback_pending", run_id=cb.run_id, event_id=event_id,
                              note="the run could not be read yet; the poller will finish it")
         await self.store.remember_flora_delivery(cb.delivery_id, accepted.event_id)
-        return accepted, event.event
+        return accepted, event.event, cb.run_id
 
     async def _read_now(self, adapter: PollProvider, run: TrackedRun, observed_at: float
                         ) -> Any:

@@ -38,6 +38,7 @@ from tests.helpers import (
     runflow_body,
     runflow_signature,
 )
+from tests.test_openapi import assert_matches
 
 
 def poll_env(redis_url: str, prefix: str, fake_url: str, **extra: str) -> dict[str, str]:
@@ -497,6 +498,7 @@ async def test_tracked_runs_api(app_client: httpx.AsyncClient, rig: Rig,
         "provider": "betterprompt", "run_id": "api1", "channels": ["a"], "metadata": {"x": 1}})
     assert r.status_code == 201, r.text
     run = r.json()
+    assert_matches(run, "TrackedRun")
     assert run["provider"] == "betterprompt" and run["state"] == "active"
     assert run["polls"] == 0 and run["events"] == [] and run["next_poll_at"]
     again = await app_client.post("/v1/runs", headers=h, json={
@@ -514,9 +516,11 @@ async def test_tracked_runs_api(app_client: httpx.AsyncClient, rig: Rig,
     await eventually(lambda: rig.tracking.show("betterprompt", "api1"))
     await eventually(lambda: _polled(app_client, "betterprompt/api1"))
     shown = (await app_client.get("/v1/runs/betterprompt/api1", headers=h)).json()
+    assert_matches(shown, "TrackedRun")
     assert shown["status"] == "running" and shown["last_polled_at"] and len(shown["events"]) == 1
     listed = (await app_client.get("/v1/runs?state=active&provider=betterprompt",
                                    headers=h)).json()
+    assert_matches(listed, "TrackedRunPage")
     assert [x["run_id"] for x in listed["data"]] == ["api1"]
     assert (await app_client.get("/v1/runs?state=finished", headers=h)).json()["data"] == []
     assert (await app_client.get("/v1/runs?state=odd", headers=h)).status_code == 422

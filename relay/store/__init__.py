@@ -162,6 +162,17 @@ class Store(RunsMixin):
         }
 
     @storage_op
+    async def stats(self) -> dict[str, int]:
+        """Redis' memory in use, commands processed so far, and calls per command name."""
+        memory = await self.redis.info("memory")
+        stats = await self.redis.info("stats")
+        calls = await self.redis.info("commandstats")
+        out = {"used_memory": int(memory["used_memory"]),
+               "commands": int(stats["total_commands_processed"])}
+        out.update({name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in calls.items()})
+        return out
+
+    @storage_op
     async def ensure_groups(self) -> None:
         """Create the delivery consumer group; from entry 0 so nothing queued earlier is skipped."""
         try:

@@ -39,7 +39,7 @@ async def callback(request: Request) -> Response:
             # FLORA's callback carries no outputs: the run is read before the event is made.
             flora = state.providers["flora"]
             assert isinstance(flora, Flora)
-            accepted, event_type = await state.tracking.flora_callback(
+            accepted, event_type, run_id = await state.tracking.flora_callback(
                 flora, body, claims, observed_at)
         else:
             channels = claims.get("c") or ()
@@ -50,7 +50,7 @@ async def callback(request: Request) -> Response:
                 claims=claims,
             ))
             accepted = await state.relay.accept(event)
-            event_type = event.event
+            event_type, run_id = event.event, event.subject
     except RelayError as exc:
         metrics.CALLBACKS.labels(provider_name, exc.code).inc()
         log.info("callback_refused", status=exc.status, code=exc.code, reason=exc.message,
@@ -60,7 +60,7 @@ async def callback(request: Request) -> Response:
     metrics.CALLBACKS.labels(provider_name, outcome).inc()
     if not accepted.duplicate:
         metrics.EVENTS.labels(provider_name, event_type, "callback").inc()
-    log.info("callback_accepted", event_id=accepted.event_id, event_type=event_type,
+    log.info("callback_accepted", event_id=accepted.event_id, run_id=run_id, event_type=event_type,
              duplicate=accepted.duplicate, **log_fields)
     return JSONResponse({"ok": True, "event_id": accepted.event_id,
                          "duplicate": accepted.duplicate})

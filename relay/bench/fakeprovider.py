@@ -1,0 +1,54 @@
+"""A fast fake BetterPrompt for the polling benchmark: every run is still running.
+
+`GET /v1/runs/{id}` answers the documented shape at once; `GET /stats` returns how many run
+reads it has served. Run: `python -m relay.bench.fakeprovider --port 8003`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import uvicorn
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+_HEADERS = [(b"content-type", b"application/json")]
+
+
+class FakeBetterPrompt:
+    def __init__(self) -> None:
+        self.served = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if path.startswith("/v1/runs/"):
+            self.served += 1
+            body = json.dumps({"status": "SUCCESS", "data": {
+                "runId": path[9:], "outputs": [], "runStatus": "running", "tokens": 0}}).encode()
+            status = 200
+        elif path == "/stats":
+            body, status = json.dumps({"served": self.served}).encode(), 200
+        else:
+            body, status = b'{"status":"NOT_FOUND_ERROR"}', 404
+        await send({"type": "http.response.start", "status": status, "headers": _HEADERS})
+        await send({"type": "http.response.body", "body": body})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m relay.bench.fakeprovider")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    uvicorn.run(FakeBetterPrompt(), host="127.0.0.1", port=args.port, loop="uvloop",
+                http="httptools", log_config=None, access_log=False, lifespan="off",
+                backlog=4096, timeout_keep_alive=75)
+
+
+if __name__ == "__main__":
+    main()

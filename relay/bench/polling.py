@@ -1,0 +1,237 @@
+"""`python -m relay.bench.polling`: one `relay worker` polling 10,000 tracked runs.
+
+Against a fast local fake BetterPrompt it measures (1) the polls per second one worker
+process sustains when every run is always due, with Redis commands per poll and Redis memory
+per tracked run, and (2) the lag from each run's due time to its poll at a steady load the
+worker can carry (10,000 runs every 10 s: 1,000 polls/s). Lag is read from Redis itself: two
+snapshots of every run's `next poll` and `last polled` times, so the worker is not
+instrumented and the lag counts until the poll's answer was recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from relay.bench.procs import (
+    BenchError,
+    Child,
+    Children,
+    clean_env,
+    free_port,
+    http_ready,
+    python_module,
+    start_redis,
+    wait_until,
+)
+from relay.bench.stacks import redis_binary
+from relay.config import Settings
+from relay.runs import TrackedRun
+from relay.store import Store, open_store
+from relay.store.keys import run_member
+
+
+@dataclass
+class Result:
+    runs: int
+    capacity_polls_per_second: float = 0.0
+    capacity_worker_cpu: float = 0.0  # CPUs the worker used while saturated
+    redis_commands_per_poll: float = 0.0
+    redis_calls_per_poll: dict[str, float] = field(default_factory=dict)
+    redis_bytes_per_tracked_run: float = 0.0
+    steady_target_polls_per_second: float = 0.0
+    steady_polls_per_second: float = 0.0
+    lag_samples: int = 0
+    lag_p50_ms: float = 0.0
+    lag_p99_ms: float = 0.0
+    lag_max_ms: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _env(redis_url: str, fake_url: str, prefix: str, interval: float) -> dict[str, str]:
+    return clean_env(
+        REDIS_URL=redis_url, RELAY_KEY_PREFIX=prefix,
+        RELAY_SECRET_KEY="bench-secret-key-0123456789",
+        RELAY_API_KEYS="bench-api-key", RELAY_LOG_LEVEL="warning", RELAY_LOG_FORMAT="json",
+        BETTERPROMPT_API_KEY="bench-key", BETTERPROMPT_BASE_URL=fake_url,
+        BETTERPROMPT_RATE_LIMIT="1000000", RELAY_POLL_MIN_INTERVAL=str(interval),
+        RELAY_POLL_MAX_INTERVAL=str(interval),
+    )
+
+
+def _start_worker(children: Children, env: dict[str, str]) -> Child:
+    worker = children.start("worker", python_module("relay", "worker"), env)
+    time.sleep(1.0)
+    if not worker.alive():
+        raise BenchError(f"relay worker exited:\n{worker.log_tail()}")
+    return worker
+
+
+def _served(fake_url: str) -> int:
+    return int(httpx.get(f"{fake_url}/stats", timeout=5).json()["served"])
+
+
+async def _track(store: Store, settings: Settings, run_ids: list[str],
+                 per_second: float | None) -> None:
+    """Track runs as `POST /v1/runs` does; all at once, or paced at `per_second`."""
+    batch = 100
+    started = time.monotonic()
+    for i in range(0, len(run_ids), batch):
+        await asyncio.gather(*(store.track_run(
+            "betterprompt", r, TrackedRun("betterprompt", r, since=time.time(),
+                                          next_poll=time.time() + settings.poll_min_interval
+                                          ).new_fields(),
+            int((time.time() + settings.poll_min_interval) * 1000))
+            for r in run_ids[i:i + batch]))
+        if per_second:
+            ahead = started + (i + batch) / per_second - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+
+async def _clocks(store: Store, members: list[str]) -> dict[str, tuple[int, float, float]]:
+    """Each run's (polls, last polled s, next poll s)."""
+    out = {}
+    for i in range(0, len(members), 2000):
+        chunk = members[i:i + 2000]
+        for m, h in zip(chunk, await store.get_runs(chunk), strict=True):
+            if h:
+                out[m] = (int(h.get("n") or 0), int(h.get("lp") or 0) / 1000,
+                          int(h.get("np") or 0) / 1000)
+    return out
+
+
+async def capacity(children: Children, redis_url: str, fake_url: str, n: int,
+                   window: float, result: Result) -> None:
+    """Every run due every second: the worker polls as fast as it can."""
+    env = _env(redis_url, fake_url, "cap", 1.0)
+    settings = Settings.from_env(env)
+    async with open_store(settings, redis_url) as store:
+        # Open the connections first: their buffers must not count as the runs' memory.
+        await asyncio.gather(*(store.ping() for _ in range(100)))
+        before = (await store.stats())["used_memory"]
+        await _track(store, settings, [f"cap-{i}" for i in range(n)], None)
+        after = (await store.stats())["used_memory"]
+        result.redis_bytes_per_tracked_run = round((after - before) / n, 1)
+        worker = _start_worker(children, env)
+        await asyncio.sleep(3.0)  # warm up: connections, the first poll of every run
+        stats0 = await store.stats()
+        served0, cmds0 = _served(fake_url), stats0["commands"]
+        cpu0, t0 = worker.cpu_seconds(), time.monotonic()
+        await asyncio.sleep(window)
+        stats1 = await store.stats()
+        served1, cmds1 = _served(fake_url), stats1["commands"]
+        cpu1, t1 = worker.cpu_seconds(), time.monotonic()
+        children.stop(worker)
+    polls = served1 - served0
+    result.capacity_polls_per_second = round(polls / (t1 - t0), 1)
+    result.capacity_worker_cpu = round((cpu1 - cpu0) / (t1 - t0), 2)
+    # One provider is configured, so each claim is one command in one round trip, and the
+    # benchmark's own three INFO calls are all else: commands per poll = round trips per poll.
+    result.redis_commands_per_poll = round((cmds1 - cmds0 - 3) / max(polls, 1), 3)
+    result.redis_calls_per_poll = {
+        name: round((stats1[name] - stats0.get(name, 0)) / max(polls, 1), 3)
+        for name in stats1 if name not in ("used_memory", "commands")
+        and stats1[name] != stats0.get(name, 0)}
+
+
+async def steady(children: Children, redis_url: str, fake_url: str, n: int, rate: float,
+                 window: float, result: Result) -> None:
+    """Runs arriving at `rate` per second and polled every n / rate seconds: what lag?"""
+    interval = n / rate
+    env = _env(redis_url, fake_url, "lag", interval)
+    settings = Settings.from_env(env)
+    result.steady_target_polls_per_second = rate
+    members = [run_member("betterprompt", f"lag-{i}") for i in range(n)]
+    async with open_store(settings, redis_url) as store:
+        worker = _start_worker(children, env)
+        await _track(store, settings, [m.split(":", 1)[1] for m in members], rate)
+        await asyncio.sleep(interval + 1.0)  # every run has been polled at least once
+        lags: list[float] = []
+        served0, t0 = _served(fake_url), time.monotonic()
+        previous = await _clocks(store, members)
+        step = min(2.5, interval * 0.4)
+        deadline = time.monotonic() + window
+        while time.monotonic() < deadline:
+            await asyncio.sleep(step)
+            current = await _clocks(store, members)
+            for m, (count, polled, _) in current.items():
+                old = previous.get(m)
+                if old is not None and count == old[0] + 1:
+                    lags.append(max(polled - old[2], 0.0))
+            previous = current
+        served1, t1 = _served(fake_url), time.monotonic()
+        children.stop(worker)
+    result.steady_polls_per_second = round((served1 - served0) / (t1 - t0), 1)
+    if not lags:
+        raise BenchError("no poll was observed between two snapshots")
+    lags.sort()
+    result.lag_samples = len(lags)
+    result.lag_p50_ms = round(statistics.median(lags) * 1000, 1)
+    result.lag_p99_ms = round(lags[min(len(lags) - 1, int(len(lags) * 0.99))] * 1000, 1)
+    result.lag_max_ms = round(lags[-1] * 1000, 1)
+
+
+def render(r: Result) -> str:
+    rows = [
+        ("tracked runs", f"{r.runs:,}"),
+        ("polls/s, one worker, every run always due", f"{r.capacity_polls_per_second:,.0f}"
+         f" (worker used {r.capacity_worker_cpu:.2f} CPU)"),
+        ("Redis commands (= round trips) per poll", f"{r.redis_commands_per_poll:.2f}"),
+        ("Redis bytes per tracked run", f"{r.redis_bytes_per_tracked_run:,.0f}"),
+        (f"steady load {r.steady_target_polls_per_second:,.0f} polls/s: achieved",
+         f"{r.steady_polls_per_second:,.0f} polls/s"),
+        ("due-to-poll lag p50 / p99 / max", f"{r.lag_p50_ms:,.0f} / {r.lag_p99_ms:,.0f} / "
+         f"{r.lag_max_ms:,.0f} ms ({r.lag_samples:,} polls)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m relay.bench.polling", description=__doc__)
+    parser.add_argument("--runs", type=int, default=10_000, help="tracked runs (10,000)")
+    parser.add_argument("--rate", type=float, default=1000.0,
+                        help="steady-load polls per second for the lag figure (1,000)")
+    parser.add_argument("--window", type=float, default=10.0,
+                        help="seconds each figure is measured over (10)")
+    parser.add_argument("--tiny", action="store_true", help="500 runs, short windows")
+    parser.add_argument("--out", type=Path, help="write the result as JSON here")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.runs, args.rate, args.window = 500, 250.0, 3.0
+    result = Result(runs=args.runs)
+    with tempfile.TemporaryDirectory(prefix="relay-bench-poll-") as tmp:
+        children = Children(Path(tmp))
+        try:
+            _, redis_url = start_redis(children, redis_binary(), Path(tmp) / "redis")
+            port = free_port()
+            fake = children.start("fake-provider", python_module(
+                "relay.bench.fakeprovider", "--port", str(port)), clean_env())
+            fake_url = f"http://127.0.0.1:{port}"
+            wait_until(http_ready(f"{fake_url}/stats", fake), 30, "fake provider")
+            asyncio.run(capacity(children, redis_url, fake_url, args.runs, args.window, result))
+            asyncio.run(steady(children, redis_url, fake_url, args.runs, args.rate,
+                               args.window * 2, result))
+        except BenchError as exc:
+            print(f"relay.bench.polling: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            children.close()
+    print(render(result), flush=True)
+    if args.out is not None:
+        args.out.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
