@@ -159,7 +159,8 @@ def decide(run: TrackedRun, result: PollResult, *, now: float, settings: Setting
         interval = high
     elif result.kind == "rate_limited":
         fields["e"] = _error("rate_limited", "the provider answered 429", 429)
-        wait = result.retry_after
+        # Never sooner than the minimum delay, whatever Retry-After says (0 would spin).
+        wait = None if result.retry_after is None else max(result.retry_after, low)
         if wait is None:
             wait = backoff.next_poll_interval(run.interval, changed=False, failed=True,
                                               low=low, high=high)
