@@ -197,15 +197,21 @@ def preflight() -> None:
 
 
 async def run_preflight(settings: Settings, url: str) -> None:
+    from redis.exceptions import RedisClusterException
+
     from relay.errors import StorageUnavailable
     from relay.store import open_store
 
     async with open_store(settings, url) as store:
         try:
             info = await store.server_info()
+            if info["cluster_enabled"] == "1" and not settings.redis_cluster:
+                fail("this Redis runs in cluster mode: set REDIS_CLUSTER=true")
             await store.ensure_groups()
-        except StorageUnavailable as exc:
-            fail(f"Redis is not reachable: {exc.message}")
+        except (StorageUnavailable, RedisClusterException) as exc:
+            reason = exc.message if isinstance(exc, StorageUnavailable) else str(exc)
+            kind = " as a cluster (REDIS_CLUSTER=true)" if settings.redis_cluster else ""
+            fail(f"Redis is not reachable{kind}: {reason}")
         version = tuple(int(p) for p in info["redis_version"].split(".")[:2] if p.isdigit())
         if version < (6, 2):
             fail(f"Redis {info['redis_version']} is too old: relay needs 6.2 or newer")

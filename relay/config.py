@@ -70,6 +70,7 @@ class Settings:
     port: int = 8000
     redis_url: Secret | None = None
     redis_max_connections: int = 20
+    redis_cluster: bool = False
     key_prefix: str = "relay"
     secret_key: Secret | None = None
     api_keys: tuple[Secret, ...] = ()
@@ -133,6 +134,9 @@ class Settings:
             scheme = urlsplit(redis_url).scheme
             if scheme not in ("redis", "rediss", "unix"):
                 raise ConfigError("REDIS_URL", "must start with redis://, rediss:// or unix://")
+        redis_cluster = env.boolean("REDIS_CLUSTER", False)
+        if redis_cluster and (redis_url is None or urlsplit(redis_url).scheme == "unix"):
+            raise ConfigError("REDIS_CLUSTER", "needs a redis:// or rediss:// REDIS_URL")
         secret_key = env.text("RELAY_SECRET_KEY")
         api_keys = env.secrets("RELAY_API_KEYS")
         if redis_url is not None:
@@ -168,6 +172,7 @@ class Settings:
             port=port,
             redis_url=Secret(redis_url) if redis_url is not None else None,
             redis_max_connections=env.integer("REDIS_MAX_CONNECTIONS", 20, low=2, high=100_000),
+            redis_cluster=redis_cluster,
             key_prefix=prefix,
             secret_key=Secret(secret_key) if secret_key else None,
             api_keys=api_keys,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 
@@ -12,7 +13,14 @@ import pytest
 from relay.config import Settings
 from relay.service import Relay
 from relay.store import Store
-from tests.helpers import API_KEY, RUNFLOW_SECRET, SECRET_KEY, RedisServer, Subscriber
+from tests.helpers import (
+    API_KEY,
+    RUNFLOW_SECRET,
+    SECRET_KEY,
+    RedisClusterServer,
+    RedisServer,
+    Subscriber,
+)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -27,10 +35,34 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+# RELAY_TEST_REDIS=cluster runs every test on a three-master Redis Cluster; by default the tests
+# marked `both_redis` (the end-to-end and storage-heavy modules) run on both kinds.
+FORCED_KIND = os.environ.get("RELAY_TEST_REDIS", "")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "redis_kind" not in metafunc.fixturenames:
+        return
+    if FORCED_KIND in ("standalone", "cluster"):
+        kinds = [FORCED_KIND]
+    elif metafunc.definition.get_closest_marker("both_redis"):
+        kinds = ["standalone", "cluster"]
+    else:
+        kinds = ["standalone"]
+    metafunc.parametrize("redis_kind", kinds, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A real redis-server on a free port, never the shared 6379."""
-    server = RedisServer(appendonly=True).start()
+def redis_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def redis_server(redis_kind: str) -> Iterator[RedisServer | RedisClusterServer]:
+    """A real redis-server (or a three-master cluster) on free ports, never the shared 6379."""
+    server: RedisServer | RedisClusterServer = (
+        RedisClusterServer() if redis_kind == "cluster" else RedisServer(appendonly=True))
+    server.start()
     yield server
     server.stop()
 
@@ -45,6 +77,7 @@ def prefix() -> str:
 def settings(redis_server: RedisServer, prefix: str) -> Settings:
     return Settings.from_env({
         "REDIS_URL": redis_server.url,
+        "REDIS_CLUSTER": "true" if redis_server.cluster else "false",
         "RELAY_KEY_PREFIX": prefix,
         "RELAY_SECRET_KEY": SECRET_KEY,
         "RELAY_API_KEYS": API_KEY,

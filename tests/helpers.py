@@ -35,6 +35,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) exists and is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 def wait_until(check: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -59,8 +73,11 @@ async def eventually(check: Callable[[], Any], within: float = 10.0) -> None:
 class RedisServer:
     """A redis-server child on a free port, in its own directory; killable and restartable."""
 
-    def __init__(self, *, appendonly: bool = False, extra: list[str] | None = None) -> None:
-        self.port = free_port()
+    cluster = False
+
+    def __init__(self, *, appendonly: bool = False, extra: list[str] | None = None,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="relay-redis-"))
         self.appendonly = appendonly
         self.extra = extra or []
@@ -98,10 +115,53 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def relay_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "RUNFLOW_"))}
+class RedisClusterServer:
+    """Three redis-server masters on free ports, joined by `redis-cli --cluster create`."""
+
+    cluster = True
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [RedisServer(appendonly=True, port=free_cluster_port(), extra=[
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", "2000"]) for _ in range(masters)]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> RedisClusterServer:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        assert cli, "redis-cli is not installed (apt-get install -y redis-server)"
+        subprocess.run([cli, "--cluster", "create",
+                        *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, timeout=60)
+        wait_until(self._ok, 30, interval=0.1)
+        return self
+
+    def _ok(self) -> bool:
+        for node in self.nodes:
+            info = subprocess.run(["redis-cli", "-p", str(node.port), "cluster", "info"],
+                                  capture_output=True, text=True, timeout=5).stdout
+            if "cluster_state:ok" not in info:
+                return False
+        return True
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def relay_env(redis: str | RedisServer | RedisClusterServer, prefix: str, **extra: str
+              ) -> dict[str, str]:
+    """The environment of a relay process; pass the server (not its URL) to follow its kind."""
+    inherited = ("RELAY_", "RUNFLOW_", "REDIS_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
     env.update(
-        REDIS_URL=redis_url,
+        REDIS_URL=redis if isinstance(redis, str) else redis.url,
+        REDIS_CLUSTER="true" if getattr(redis, "cluster", False) else "false",
         RELAY_KEY_PREFIX=prefix,
         RELAY_SECRET_KEY=SECRET_KEY,
         RELAY_API_KEYS=API_KEY,

@@ -11,6 +11,8 @@ import pytest
 from relay.config import Settings
 from tests.helpers import RedisServer, admin_headers, free_port, runflow_body, runflow_signature
 
+pytestmark = pytest.mark.both_redis
+
 H = admin_headers()
 
 

@@ -32,7 +32,7 @@ PUBLIC_URL = "https://relay.example.test"
 
 @pytest.fixture
 def env(redis_server: RedisServer, prefix: str) -> dict[str, str]:
-    return relay_env(redis_server.url, prefix, RELAY_PUBLIC_URL=PUBLIC_URL)
+    return relay_env(redis_server, prefix, RELAY_PUBLIC_URL=PUBLIC_URL)
 
 
 @pytest.fixture

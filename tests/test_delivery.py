@@ -25,6 +25,8 @@ from tests.helpers import (
     runflow_signature,
 )
 
+pytestmark = pytest.mark.both_redis
+
 
 @pytest.fixture
 async def worker(relay: Relay) -> AsyncIterator[DeliveryWorker]:

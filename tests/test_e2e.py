@@ -26,6 +26,8 @@ from tests.helpers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.both_redis
+
 
 def send_callback(base_url: str, run_id: str, **fields: Any) -> httpx.Response:
     body = runflow_body(run_id, **fields)
@@ -46,7 +48,7 @@ def lines_of(proc: RelayProcess) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def web(redis_server: RedisServer, prefix: str) -> Iterator[RelayProcess]:
-    proc = RelayProcess("web", relay_env(redis_server.url, prefix)).start()
+    proc = RelayProcess("web", relay_env(redis_server, prefix)).start()
     yield proc
     proc.stop()
 
@@ -54,7 +56,7 @@ def web(redis_server: RedisServer, prefix: str) -> Iterator[RelayProcess]:
 def test_runflow_callback_reaches_subscriber_signed_through_web_and_worker_processes(
         web: RelayProcess, redis_server: RedisServer, prefix: str, subscriber: Subscriber) -> None:
     """The whole path across real processes, checked by the standardwebhooks verifier."""
-    worker = RelayProcess("worker", relay_env(redis_server.url, prefix)).start()
+    worker = RelayProcess("worker", relay_env(redis_server, prefix)).start()
     try:
         sub = subscribe(web.base_url, subscriber.url)
         sent = time.time()
@@ -89,7 +91,7 @@ def test_worker_killed_mid_delivery_is_taken_over_with_the_same_webhook_id(
     """SIGKILL while the subscriber holds the request; a new worker delivers after the claim
     timeout, with the same webhook-id."""
     slow_first = Subscriber(behaviour=lambda n: (200, {}, 8.0 if n == 0 else 0.0)).start()
-    env = relay_env(redis_server.url, prefix, RELAY_DELIVERY_TIMEOUT="15",
+    env = relay_env(redis_server, prefix, RELAY_DELIVERY_TIMEOUT="15",
                     RELAY_CLAIM_TIMEOUT="2")
     first = RelayProcess("worker", env).start()
     second: RelayProcess | None = None
@@ -113,7 +115,7 @@ def test_worker_killed_mid_delivery_is_taken_over_with_the_same_webhook_id(
 
 
 def test_worker_exits_zero_soon_after_sigterm(redis_server: RedisServer, prefix: str) -> None:
-    worker = RelayProcess("worker", relay_env(redis_server.url, prefix)).start()
+    worker = RelayProcess("worker", relay_env(redis_server, prefix)).start()
     started = time.monotonic()
     worker.signal(signal.SIGTERM)
     assert worker.wait(20) == 0
@@ -139,7 +141,7 @@ def test_web_and_worker_refuse_to_start_without_redis_url() -> None:
 
 def test_invalid_configuration_stops_with_one_line_naming_the_variable(
         redis_server: RedisServer) -> None:
-    env = relay_env(redis_server.url, "x", RELAY_RETRY_JITTER="lots")
+    env = relay_env(redis_server, "x", RELAY_RETRY_JITTER="lots")
     proc = RelayProcess("worker", env).start(wait=False)
     assert proc.wait(15) == 2
     (line,) = proc.log().strip().splitlines()
@@ -175,7 +177,7 @@ def test_redis_outage_gives_503_and_relay_recovers_without_a_restart(
     """Redis killed: ingest and /readyz answer 503 at once; Redis back (AOF): callbacks are
     accepted and delivered again by the same web and worker processes."""
     redis_server = RedisServer(appendonly=True).start()
-    env = relay_env(redis_server.url, "outage")
+    env = relay_env(redis_server, "outage")
     web = RelayProcess("web", env).start()
     worker = RelayProcess("worker", env).start()
     try:

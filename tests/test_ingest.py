@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from relay.store import Store
 from tests.helpers import admin_headers, runflow_body, runflow_signature
+
+pytestmark = pytest.mark.both_redis
 
 
 async def post_runflow(client: httpx.AsyncClient, body: bytes, *, signature: str | None = None,

@@ -32,6 +32,7 @@ from tests.helpers import (
     API_KEY,
     RUNFLOW_SECRET,
     SECRET_KEY,
+    RedisClusterServer,
     RedisServer,
     admin_headers,
     eventually,
@@ -40,10 +41,14 @@ from tests.helpers import (
 )
 from tests.test_openapi import assert_matches
 
+pytestmark = pytest.mark.both_redis
 
-def poll_env(redis_url: str, prefix: str, fake_url: str, **extra: str) -> dict[str, str]:
+
+def poll_env(redis: RedisServer | RedisClusterServer, prefix: str, fake_url: str, **extra: str
+             ) -> dict[str, str]:
     env = {
-        "REDIS_URL": redis_url, "RELAY_KEY_PREFIX": prefix, "RELAY_SECRET_KEY": SECRET_KEY,
+        "REDIS_URL": redis.url, "REDIS_CLUSTER": "true" if redis.cluster else "false",
+        "RELAY_KEY_PREFIX": prefix, "RELAY_SECRET_KEY": SECRET_KEY,
         "RELAY_API_KEYS": API_KEY, "RUNFLOW_CALLBACK_SECRETS": RUNFLOW_SECRET,
         "RELAY_ALLOW_PRIVATE_TARGETS": "true", "RELAY_LOG_FORMAT": "json",
         "RELAY_RETRY_SCHEDULE": "0.2,0.4", "RELAY_RETRY_JITTER": "0",
@@ -68,7 +73,7 @@ def fake() -> Iterator[FakeProvider]:
 
 @pytest.fixture
 def psettings(redis_server: RedisServer, prefix: str, fake: FakeProvider) -> Settings:
-    return Settings.from_env(poll_env(redis_server.url, prefix, fake.url))
+    return Settings.from_env(poll_env(redis_server, prefix, fake.url))
 
 
 class Rig:
@@ -282,7 +287,7 @@ async def test_betterprompt_429_honours_retry_after(rig: Rig, fake: FakeProvider
 
 async def test_flora_429_without_retry_after_backs_off(
         redis_server: RedisServer, prefix: str, fake: FakeProvider) -> None:
-    settings = Settings.from_env(poll_env(redis_server.url, prefix, fake.url,
+    settings = Settings.from_env(poll_env(redis_server, prefix, fake.url,
                                           RELAY_POLL_MIN_INTERVAL="0.1",
                                           RELAY_POLL_MAX_INTERVAL="2"))
     limited = Step(429, {"error": {"code": "rate_limited", "message": "slow"}})
@@ -301,7 +306,7 @@ async def test_flora_429_without_retry_after_backs_off(
 
 async def test_server_errors_and_slow_answers_back_off_and_the_run_still_finishes(
         redis_server: RedisServer, prefix: str, fake: FakeProvider) -> None:
-    settings = Settings.from_env(poll_env(redis_server.url, prefix, fake.url,
+    settings = Settings.from_env(poll_env(redis_server, prefix, fake.url,
                                           RELAY_CLAIM_TIMEOUT="1"))  # request deadline 0.5 s
     fake.script("shaky", Step(500, {"status": "SERVER_ERROR", "message": "oops"}),
                 Step(503, b"<html>unavailable</html>"),
@@ -322,7 +327,7 @@ async def test_server_errors_and_slow_answers_back_off_and_the_run_still_finishe
 
 async def test_a_run_older_than_max_age_ends_with_run_expired_without_a_request(
         redis_server: RedisServer, prefix: str, fake: FakeProvider) -> None:
-    settings = Settings.from_env(poll_env(redis_server.url, prefix, fake.url,
+    settings = Settings.from_env(poll_env(redis_server, prefix, fake.url,
                                           RELAY_POLL_MAX_AGE="0.5"))
     fake.script("slowpoke", bp("running"))
     rig = await Rig(settings, redis_server.url).start()

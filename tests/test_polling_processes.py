@@ -15,6 +15,8 @@ from tests.fakes import FakeProvider, Step, bp
 from tests.helpers import RedisServer, RelayProcess, relay_env, wait_until
 from tests.test_cli import cli, cli_json
 
+pytestmark = pytest.mark.both_redis
+
 
 def worker_env(redis: RedisServer, prefix: str, fake: FakeProvider, **extra: str
                ) -> dict[str, str]:

@@ -7,7 +7,7 @@ import sys
 
 import redis
 
-from tests.helpers import ROOT, RedisServer, free_port, relay_env
+from tests.helpers import ROOT, RedisClusterServer, RedisServer, free_port, relay_env
 
 
 def preflight(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -17,7 +17,7 @@ def preflight(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 def test_preflight_passes_and_creates_the_consumer_group(
         redis_server: RedisServer, prefix: str) -> None:
-    proc = preflight(relay_env(redis_server.url, prefix))
+    proc = preflight(relay_env(redis_server, prefix))
     assert proc.returncode == 0, proc.stderr
     assert "preflight ok" in proc.stdout
     groups = redis.Redis.from_url(redis_server.url).xinfo_groups("{" + prefix + "}:q")
@@ -39,3 +39,25 @@ def test_preflight_fails_with_one_line_when_redis_is_unreachable(prefix: str) ->
     assert proc.returncode == 1
     (line,) = proc.stderr.strip().splitlines()
     assert "Redis is not reachable" in line
+
+
+def test_preflight_on_a_cluster_needs_redis_cluster_true_and_then_passes(prefix: str) -> None:
+    cluster = RedisClusterServer().start()
+    try:
+        plain = preflight(relay_env(cluster.url, prefix))
+        assert plain.returncode == 1
+        (line,) = plain.stderr.strip().splitlines()
+        assert "REDIS_CLUSTER=true" in line
+        proc = preflight(relay_env(cluster, prefix))
+        assert proc.returncode == 0, proc.stderr
+        assert "preflight ok" in proc.stdout
+    finally:
+        cluster.stop()
+
+
+def test_redis_cluster_true_against_a_single_redis_fails_with_one_line(
+        redis_server: RedisServer, prefix: str) -> None:
+    proc = preflight(relay_env(redis_server, prefix, REDIS_CLUSTER="true"))
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert "REDIS_CLUSTER=true" in line

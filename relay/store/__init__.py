@@ -14,7 +14,7 @@ from relay import clock
 from relay.config import Settings
 from relay.models import Subscription, SubscriptionStatus
 from relay.store import scripts
-from relay.store.client import make_client, storage_op
+from relay.store.client import drop_connections, make_client, storage_op
 from relay.store.keys import GROUP, Keys, retry_member, run_member
 from relay.store.paging import Page, page_index
 from relay.store.runs import Claim, RunsMixin
@@ -135,8 +135,8 @@ class Store(RunsMixin):
 
     async def interrupt_reads(self) -> None:
         """Close the blocking-read connections, ending any read in progress."""
-        await self.blocking.connection_pool.disconnect()
-        await self.poll_blocking.connection_pool.disconnect()
+        await drop_connections(self.blocking)
+        await drop_connections(self.poll_blocking)
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -149,24 +149,36 @@ class Store(RunsMixin):
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
+    async def _home(self) -> dict[str, Any]:
+        """Where a keyless command goes: on a cluster, the node that holds relay's slot."""
+        if not self.settings.redis_cluster:
+            return {}
+        await self.redis.initialize()  # the slot map; a no-op once it is known
+        return {"target_nodes": self.redis.get_node_from_key(self.keys.queue)}
+
     @storage_op
     async def server_info(self) -> dict[str, str]:
-        info = await self.redis.info("server")
+        home = await self._home()
+        info = await self.redis.info("server", **home)
+        cluster = await self.redis.info("cluster", **home)
         try:
-            policy = (await self.redis.config_get("maxmemory-policy")).get("maxmemory-policy")
+            policy = (await self.redis.config_get("maxmemory-policy", **home)
+                      ).get("maxmemory-policy")
         except rexc.ResponseError:
             policy = None  # managed Redis often disables CONFIG
         return {
             "redis_version": str(info.get("redis_version", "0")),
             "maxmemory_policy": str(policy or "unknown (CONFIG GET is not allowed)"),
+            "cluster_enabled": str(cluster.get("cluster_enabled", 0)),
         }
 
     @storage_op
     async def stats(self) -> dict[str, int]:
         """Redis' memory in use, commands processed so far, and calls per command name."""
-        memory = await self.redis.info("memory")
-        stats = await self.redis.info("stats")
-        calls = await self.redis.info("commandstats")
+        home = await self._home()
+        memory = await self.redis.info("memory", **home)
+        stats = await self.redis.info("stats", **home)
+        calls = await self.redis.info("commandstats", **home)
         out = {"used_memory": int(memory["used_memory"]),
                "commands": int(stats["total_commands_processed"])}
         out.update({name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in calls.items()})

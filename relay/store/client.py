@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -30,6 +32,10 @@ _UNAVAILABLE_CLASSES = (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.O
 def _unavailable(exc: Exception) -> bool:
     if isinstance(exc, _UNAVAILABLE_CLASSES):
         return True
+    if isinstance(exc, rexc.SlotNotCoveredError) or (
+            # The cluster client's word for "no node answers"; its other errors are bugs.
+            isinstance(exc, rexc.RedisClusterException) and "cannot be connected" in str(exc)):
+        return True
     return isinstance(exc, rexc.ResponseError) and str(exc).startswith(_UNAVAILABLE_PREFIXES)
 
 
@@ -48,13 +54,58 @@ def storage_op(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
+class _GatedCluster(RedisCluster):
+    """RedisCluster whose commands wait for a free connection instead of failing.
+
+    redis-py's cluster client raises MaxConnectionsError the moment a node's connections are
+    all busy; relay's keys share one slot, so every burst would hit that one node and turn into
+    503s. A semaphore over the process' commands queues them the way BlockingConnectionPool does
+    for a single Redis.
+    """
+
+    def __init__(self, *args: Any, gate: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Semaphore(gate)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.gate:
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None
+                 ) -> ClusterPipeline:
+        return _GatedPipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _GatedPipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True
+                      ) -> list[Any]:
+        gate = self.cluster_client.gate  # type: ignore[attr-defined]
+        async with gate:
+            return await super().execute(raise_on_error, allow_redirections)
+
+
 def make_client(settings: Settings, url: str, *, max_connections: int,
-                socket_timeout: float = 5.0, health_check_interval: int = 10) -> aioredis.Redis:
+                socket_timeout: float = 5.0, health_check_interval: int = 10) -> Any:
     """A redis-py asyncio client with a bounded pool, timeouts and reconnect back-off.
 
     The pool blocks (up to 5 s) when all `REDIS_MAX_CONNECTIONS` are busy: redis-py's default
-    pool raises at once instead, which turned ordinary bursts of callbacks into 503s.
+    pool raises at once instead, which turned ordinary bursts of callbacks into 503s. With
+    `REDIS_CLUSTER=true` it is a cluster client that discovers the other nodes from `url`.
     """
+    if settings.redis_cluster:
+        return _GatedCluster.from_url(
+            url,
+            gate=max_connections,
+            # Room above the gate for the client's own topology reads.
+            max_connections=max_connections + 2,
+            decode_responses=True,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=5.0,
+            health_check_interval=health_check_interval,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 2),
+            # A node that is down must not keep a worker from starting; calls then give 503.
+            require_full_coverage=False,
+        )
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -68,3 +119,11 @@ def make_client(settings: Settings, url: str, *, max_connections: int,
         retry_on_error=[rexc.ConnectionError],
     )
     return aioredis.Redis.from_pool(pool)
+
+
+async def drop_connections(client: Any) -> None:
+    """Close every connection of `client` now, ending blocking reads in progress."""
+    if isinstance(client, RedisCluster):
+        await asyncio.gather(*(node.disconnect() for node in client.get_nodes()))
+    else:
+        await client.connection_pool.disconnect()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from relay.store.keys import Keys, run_member, split_member
 from relay.store.paging import Page, page_index
 
 if TYPE_CHECKING:
+    from relay.config import Settings
     from relay.store import EventWrite
 
 PROVIDER_NAMES = ("betterprompt", "flora", "runflow")
@@ -31,6 +33,7 @@ class RunsMixin:
     """Store methods for tracked runs; mixed into `Store`, which owns the clients."""
 
     keys: Keys
+    settings: Settings
     redis: Any
     poll_blocking: Any
     _retention: int
@@ -124,15 +127,21 @@ class RunsMixin:
         ms)}), in one round trip."""
         k = self.keys
         now = clock.now_ms()
-        pipe = self.redis.pipeline(transaction=False)
-        for provider, (count, spacing) in wants.items():
-            # Queued on the pipeline; the awaited call only adds it there.
-            await self._claim(keys=[k.poll_due(provider), k.rate(provider)],
-                              args=[now, count, spacing, horizon_ms, lease_ms, token,
-                                    k.run_prefix],
-                              client=pipe)
+        calls = [([k.poll_due(provider), k.rate(provider)],
+                  [now, count, spacing, horizon_ms, lease_ms, token, k.run_prefix])
+                 for provider, (count, spacing) in wants.items()]
+        if self.settings.redis_cluster:
+            # redis-py refuses scripts inside cluster pipelines: send them side by side instead.
+            answers = await asyncio.gather(*(self._claim(keys=keys, args=args)
+                                             for keys, args in calls))
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for keys, args in calls:
+                # Queued on the pipeline; the awaited call only adds it there.
+                await self._claim(keys=keys, args=args, client=pipe)
+            answers = await pipe.execute()
         out: dict[str, Claim] = {}
-        for provider, (head, free, rows) in zip(wants, await pipe.execute(), strict=True):
+        for provider, (head, free, rows) in zip(wants, answers, strict=True):
             runs = [(float(slot) / 1000, _pairs(flat)) for slot, flat in rows]
             out[provider] = Claim(runs, float(head) / 1000 if head else None, float(free) / 1000)
         return out
