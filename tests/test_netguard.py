@@ -67,10 +67,10 @@ def test_blocked_reason_names_each_class_and_allowing_private_lifts_only_the_pri
     assert blocked_reason(ip, allow_private=True) == allowed
 
 
-BLOCKED_V4 = [ipaddress.ip_network(n) for n in (
+BLOCKED_V4 = [ipaddress.IPv4Network(n) for n in (
     "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
     "100.64.0.0/10", "0.0.0.0/8", "224.0.0.0/4", "169.254.169.254/32", "100.100.100.200/32")]
-ALWAYS_BLOCKED_V4 = [ipaddress.ip_network(n) for n in (
+ALWAYS_BLOCKED_V4 = [ipaddress.IPv4Network(n) for n in (
     "0.0.0.0/8", "224.0.0.0/4", "169.254.169.254/32", "100.100.100.200/32")]
 
 
