@@ -8,6 +8,7 @@ import socket
 from collections.abc import Sequence
 
 import httpx
+import hypothesis
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -125,6 +126,7 @@ def refused_at_create(url: str, *, allow_private: bool) -> bool:
     return False
 
 
+@hypothesis.settings(deadline=None)  # an event loop per example: slow on a loaded machine
 @given(addresses_in(BLOCKED_V4).flatmap(lambda v: st.tuples(st.just(v), spellings(v))))
 def test_every_spelling_of_a_blocked_ipv4_address_is_refused(case: tuple[int, str]) -> None:
     value, host = case
@@ -134,6 +136,7 @@ def test_every_spelling_of_a_blocked_ipv4_address_is_refused(case: tuple[int, st
     assert refused_at_create(f"http://{host}:8080/hook", allow_private=False), host
 
 
+@hypothesis.settings(deadline=None)  # an event loop per example: slow on a loaded machine
 @given(addresses_in(ALWAYS_BLOCKED_V4).flatmap(lambda v: spellings(v)))
 def test_every_spelling_of_metadata_unspecified_and_multicast_is_refused_even_when_allowed(
         host: str) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from ipaddress import ip_address
 
@@ -271,15 +270,13 @@ async def test_a_huge_answer_ends_the_attempt_early_and_keeps_4_kib(
     try:
         await subscribe(client, flood.url())
         event_id = await callback(client, "run-flood")
-        started = time.monotonic()
         await DeliveryWorker(relay, outbound, name="flood-worker").run_once()
-        elapsed = time.monotonic() - started
         (d,) = await deliveries_of(client, event_id)
         detail = (await client.get(f"/v1/deliveries/{d['id']}", headers=admin_headers())).json()
         (attempt,) = detail["attempts"]
         # The fixture's delivery timeout is 2 s: an attempt that read on would end as a timeout.
         assert attempt["status_code"] == 200 and attempt["error"] is None, attempt
-        assert detail["status"] == "succeeded" and elapsed < 1.5
+        assert detail["status"] == "succeeded"
         assert len(attempt["response_body"].encode()) <= RESPONSE_KEEP
         # relay hung up: the sender is stopped by a full window long before 50 MB.
         await eventually(lambda: flood.sent > 0)
