@@ -128,9 +128,9 @@ LOOPBACK_SPELLINGS = [
 async def test_loopback_in_every_spelling_is_refused_at_delivery_with_no_connection(
         strict: Outbound, server: RawServer) -> None:
     for host in LOOPBACK_SPELLINGS:
-        answer_ = await strict.post(server.url(host), b"{}", {}, 5)
-        assert answer_.status is None and answer_.error, host
-        assert answer_.error.startswith("refused:"), (host, answer_.error)
+        got = await strict.post(server.url(host), b"{}", {}, 5)
+        assert got.status is None and got.error, host
+        assert got.error.startswith("refused:"), (host, got.error)
     assert server.connections == 0
     allowed = Outbound(allow_private=True)
     try:  # the listener is there: the same request with private targets allowed reaches it
