@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -24,19 +24,32 @@ RESPONSE_KEEP = 4096  # bytes of each answer kept in the attempt log
 RESPONSE_READ_CAP = 64 * 1024  # bytes read at most; the rest of a huge answer is dropped
 
 
-class GuardedResolver(AbstractResolver):
-    """Resolve, refuse blocked addresses, and hand aiohttp only the addresses checked."""
+# The addresses this attempt's one lookup checked, for the resolver aiohttp calls while
+# connecting: a second lookup could answer differently (DNS rebinding).
+_PINNED: ContextVar[tuple[str, list[netguard.IPAddress]] | None] = ContextVar(
+    "relay_pinned_addresses", default=None)
 
-    def __init__(self, *, allow_private: bool) -> None:
+
+class GuardedResolver(AbstractResolver):
+    """Hand aiohttp only checked addresses: the attempt's pinned ones, else resolve and check."""
+
+    def __init__(self, *, allow_private: bool,
+                 getaddrinfo: netguard.GetAddrInfo = netguard.system_getaddrinfo) -> None:
         self._allow_private = allow_private
+        self._getaddrinfo = getaddrinfo
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        try:
-            addresses = await netguard.resolve(host, port, allow_private=self._allow_private)
-        except netguard.BlockedAddress as exc:
-            raise OSError(str(exc)) from None
+        pinned = _PINNED.get()
+        if pinned is not None and pinned[0] == host:
+            addresses = pinned[1]
+        else:
+            try:
+                addresses = await netguard.resolve(host, port, allow_private=self._allow_private,
+                                                   getaddrinfo=self._getaddrinfo)
+            except netguard.BlockedAddress as exc:
+                raise OSError(str(exc)) from None
         return [
             ResolveResult(
                 hostname=host, host=str(ip), port=port,
@@ -64,10 +77,12 @@ class Answer:
 class Outbound:
     """A pooled HTTP client for deliveries, guarded against SSRF at every connection."""
 
-    def __init__(self, *, allow_private: bool, limit: int = 512) -> None:
+    def __init__(self, *, allow_private: bool, limit: int = 512,
+                 getaddrinfo: netguard.GetAddrInfo = netguard.system_getaddrinfo) -> None:
         self._allow_private = allow_private
+        self._getaddrinfo = getaddrinfo
         connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(allow_private=allow_private),
+            resolver=GuardedResolver(allow_private=allow_private, getaddrinfo=getaddrinfo),
             limit=limit,
             limit_per_host=0,
             ttl_dns_cache=None,
@@ -83,39 +98,43 @@ class Outbound:
     async def aclose(self) -> None:
         await self.session.close()
 
-    def _refuse_literal(self, url: str) -> str | None:
-        """aiohttp connects to an IP literal without asking the resolver: check it here."""
+    async def _check(self, url: str) -> tuple[str, list[netguard.IPAddress]]:
+        """One lookup per attempt, IP literals included (aiohttp never asks a resolver for
+        those), and even when a kept-alive connection would let aiohttp skip the lookup."""
         try:
-            host = urlsplit(url).hostname or ""
-        except ValueError:
-            return "the URL cannot be parsed"
-        ip = netguard.literal_ip(host)
-        if ip is None:
-            return None
-        reason = netguard.blocked_reason(ip, allow_private=self._allow_private)
-        return None if reason is None else f"refused: {host} is {reason}"
+            host, port = netguard.target(url)
+        except (ValueError, TypeError) as exc:
+            raise netguard.BlockedAddress(f"the URL cannot be parsed: {exc}") from None
+        addresses = await netguard.resolve(host, port, allow_private=self._allow_private,
+                                           getaddrinfo=self._getaddrinfo)
+        return host, addresses
 
     async def post(self, url: str, body: bytes, headers: dict[str, str], deadline: float
                    ) -> Answer:
         """POST with a deadline covering connect to last byte; never follows redirects."""
         started = time.perf_counter()
-        refused = self._refuse_literal(url)
-        if refused is not None:
-            return Answer(None, "", 0, refused, None)
         try:
             async with asyncio.timeout(deadline):
-                async with self.session.post(
-                    url, data=body, headers=headers, allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=None),
-                ) as resp:
-                    raw = await _read_capped(resp)
-                    return Answer(
-                        status=resp.status,
-                        body=raw[:RESPONSE_KEEP].decode("utf-8", "replace"),
-                        duration_ms=_ms(started),
-                        error=None,
-                        retry_after=resp.headers.get("retry-after"),
-                    )
+                try:
+                    pinned = await self._check(url)
+                except netguard.BlockedAddress as exc:
+                    return Answer(None, "", _ms(started), f"refused: {exc}", None)
+                token = _PINNED.set(pinned)
+                try:
+                    async with self.session.post(
+                        url, data=body, headers=headers, allow_redirects=False,
+                        timeout=aiohttp.ClientTimeout(total=None),
+                    ) as resp:
+                        raw = await _read_capped(resp)
+                        return Answer(
+                            status=resp.status,
+                            body=raw[:RESPONSE_KEEP].decode("utf-8", "replace"),
+                            duration_ms=_ms(started),
+                            error=None,
+                            retry_after=resp.headers.get("retry-after"),
+                        )
+                finally:
+                    _PINNED.reset(token)
         except TimeoutError:
             return Answer(None, "", _ms(started), f"timed out after {deadline:g}s", None)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
