@@ -186,7 +186,8 @@ def test_worker_sigterm_stops_claiming_finishes_or_hands_back_in_flight_work_and
         track(web.base_url, "term-run")
         before = [f"term-before-{i}" for i in range(5)]
         assert {send_callback(web.base_url, c).status_code for c in before} == {200}
-        wait_until(lambda: len(subscriber.received) >= 5 and fake.requests_for("term-run"), 15)
+        wait_until(lambda: len(subscriber.received) >= 5
+                   and bool(fake.requests_for("term-run")), 15)
         signalled = time.monotonic()
         first.signal(signal.SIGTERM)
         time.sleep(0.3)
