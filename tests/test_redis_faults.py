@@ -150,6 +150,9 @@ def test_every_acknowledged_callback_is_delivered_after_redis_is_killed_and_rest
         after = send_callback(stack.web.base_url, "aof-after")
         assert after.status_code == 200
         wait_until(lambda: "aof-after" in delivered_runs(subscriber), 15)
+        lost = len(accepted - delivered_runs(subscriber))
+        print(f"\nredis killed and restarted on its AOF: {len(accepted)} callbacks answered 200, "
+              f"{len(refused)} refused while it was down, {lost} of the accepted lost")
     finally:
         stop_stack(stack)
 
@@ -292,6 +295,8 @@ def test_redis_out_of_memory_gives_503_and_a_metric_and_callbacks_are_accepted_o
         accepted = {"oom-warm", "oom-after"} | {run_id for run_id, s, _ in answers if s == 200}
         wait_until(lambda: accepted <= delivered_runs(subscriber), 30)
         assert not {run_id for run_id, _, _ in refused} & delivered_runs(subscriber)
+        print(f"\nredis out of memory: {len(accepted)} accepted and delivered, {len(refused)} "
+              f"refused with 503, relay_storage_errors_total{{reason=\"oom\"}} {counted:g}")
         assert stack.alive()
     finally:
         stop_stack(stack)
