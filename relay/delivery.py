@@ -97,6 +97,9 @@ class DeliveryWorker:
                         consequence="a slow attempt may be taken over and sent twice; keep "
                                     "RELAY_CLAIM_TIMEOUT above RELAY_DELIVERY_TIMEOUT")
         await stop.wait()
+        # The grace counts from the signal, not from when the loops have ended: the process must
+        # be gone within SHUTDOWN_GRACE plus a little, before the platform's SIGKILL.
+        ends = asyncio.get_running_loop().time() + grace
         self._stopping = True
         for task in loops:
             task.cancel()
@@ -106,7 +109,7 @@ class DeliveryWorker:
             # closing the connection under it ends the read for certain.
             await self.store.interrupt_reads()
             await asyncio.wait(pending, timeout=2.0)
-        await self.drain(grace)
+        await self.drain(max(ends - asyncio.get_running_loop().time(), 0.0))
         log.info("worker_stopped", consumer=self.name)
 
     async def drain(self, grace: float) -> None:

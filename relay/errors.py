@@ -97,6 +97,12 @@ class RetryableError(RelayError):
 class StorageUnavailable(RetryableError):
     status, code = 503, "unavailable"
 
+    def __init__(self, message: str, *, reason: str = "unreachable") -> None:
+        super().__init__(message)
+        # For the metric only (oom, readonly, loading, timeout, unreachable, ...): the answer
+        # is the same 503 whatever the cause, so the provider retries.
+        self.reason = reason
+
 
 class DeliveryFailed(RetryableError):
     """One delivery attempt did not get a 2xx; carries what the attempt log records."""

@@ -33,8 +33,10 @@ POLLS = Counter(
     registry=REGISTRY,
 )
 STORAGE_ERRORS = Counter(
-    "relay_storage_unavailable_total", "Requests refused with 503 because Redis was unavailable",
-    registry=REGISTRY,
+    "relay_storage_errors_total",
+    "Requests refused with 503 because Redis could not take them, by reason (oom, readonly, "
+    "loading, timeout, unreachable, ...)",
+    ["reason"], registry=REGISTRY,
 )
 QUEUE_DEPTH = Gauge(
     "relay_queue_depth", "Deliveries by queue state, read from Redis at scrape time",

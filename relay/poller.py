@@ -220,6 +220,7 @@ class Poller:
         loop = asyncio.create_task(self._guarded(), name="poller")
         log.info("poller_started", consumer=self.name, providers=sorted(self.providers))
         await stop.wait()
+        ends = asyncio.get_running_loop().time() + grace  # from the signal, as the deliveries'
         self._stopping = True
         loop.cancel()
         _, pending = await asyncio.wait([loop], timeout=1.0)
@@ -228,7 +229,8 @@ class Poller:
             await asyncio.wait(pending, timeout=2.0)
         if self._tasks:
             # Unfinished polls keep their lease and are taken over after RELAY_CLAIM_TIMEOUT.
-            _, left = await asyncio.wait(set(self._tasks), timeout=grace)
+            _, left = await asyncio.wait(
+                set(self._tasks), timeout=max(ends - asyncio.get_running_loop().time(), 0.0))
             for task in left:
                 task.cancel()
             await asyncio.gather(*left, return_exceptions=True)

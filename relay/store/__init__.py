@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -280,6 +281,17 @@ class Store(RunsMixin):
 
     # ---- subscriptions ------------------------------------------------------------------
 
+    def _bump_version(self, pipe: Any) -> None:
+        """Queue a change of the subscriptions version on `pipe`.
+
+        A missing counter starts at a random value, not 1: after Redis loses its data (restart
+        without persistence) a process whose cache read "1" before the loss must not take the
+        new "1" for the same set of subscriptions, or events fan out to subscriptions that no
+        longer exist and miss the new ones.
+        """
+        pipe.set(self.keys.subs_version, secrets.randbits(48), nx=True)
+        pipe.incr(self.keys.subs_version)
+
     @storage_op
     async def save_subscription(self, sub: Subscription, *, new: bool = False,
                                 reset_failures: bool = False) -> None:
@@ -289,7 +301,7 @@ class Store(RunsMixin):
             pipe.hdel(self.keys.sub(sub.id), "fail_since")
         if new:
             pipe.zadd(self.keys.subs, {sub.id: int(sub.created_at * 1000)})
-        pipe.incr(self.keys.subs_version)
+        self._bump_version(pipe)
         await pipe.execute()
 
     @storage_op
@@ -302,10 +314,10 @@ class Store(RunsMixin):
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.keys.sub(sub_id))
         pipe.zrem(self.keys.subs, sub_id)
-        pipe.incr(self.keys.subs_version)
         # Its deliveries stay readable for the retention, then the index goes with them.
         pipe.expire(self.keys.sub_deliveries(sub_id), self._retention)
-        deleted, _, _, _ = await pipe.execute()
+        self._bump_version(pipe)
+        deleted, *_ = await pipe.execute()
         return bool(deleted)
 
     @storage_op

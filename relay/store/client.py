@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -29,6 +30,18 @@ _UNAVAILABLE_CLASSES = (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.O
                         rexc.MasterDownError, rexc.TryAgainError)
 
 
+# Why Redis refused, for the metric: (error class or reply prefix, reason). First match wins,
+# so subclasses come before their bases (BusyLoadingError is a ConnectionError, the builtin
+# TimeoutError an OSError).
+_REASONS: tuple[tuple[type[BaseException] | str, str], ...] = (
+    (rexc.OutOfMemoryError, "oom"), ("OOM", "oom"),
+    (rexc.ReadOnlyError, "readonly"), ("READONLY", "readonly"),
+    (rexc.BusyLoadingError, "loading"), ("LOADING", "loading"),
+    ("MISCONF", "misconf"), ("BUSY ", "busy"),
+    (rexc.TimeoutError, "timeout"), (TimeoutError, "timeout"),
+)
+
+
 def _unavailable(exc: Exception) -> bool:
     if isinstance(exc, _UNAVAILABLE_CLASSES):
         return True
@@ -37,6 +50,18 @@ def _unavailable(exc: Exception) -> bool:
             isinstance(exc, rexc.RedisClusterException) and "cannot be connected" in str(exc)):
         return True
     return isinstance(exc, rexc.ResponseError) and str(exc).startswith(_UNAVAILABLE_PREFIXES)
+
+
+def _reason(exc: Exception) -> str:
+    for match, reason in _REASONS:
+        if isinstance(match, str):
+            if isinstance(exc, rexc.ResponseError) and str(exc).startswith(match):
+                return reason
+        elif isinstance(exc, match):
+            return reason
+    if isinstance(exc, rexc.ResponseError):
+        return "cluster"  # CLUSTERDOWN, MASTERDOWN, TRYAGAIN
+    return "unreachable"
 
 
 def storage_op(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -48,10 +73,19 @@ def storage_op(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             return await fn(*args, **kwargs)
         except Exception as exc:
             if _unavailable(exc):
-                raise StorageUnavailable(f"storage is unavailable: {type(exc).__name__}") from exc
+                raise StorageUnavailable(f"storage is unavailable: {type(exc).__name__}",
+                                         reason=_reason(exc)) from exc
             raise
 
     return wrapper
+
+
+# A hung Redis must turn into a 503 within 2 s (CONTRACT: the provider retries): one command
+# waits at most COMMAND_TIMEOUT, after at most POOL_WAIT for a free connection, and a timeout is
+# never retried (retrying a hung server only multiplies the wait). Blocking reads pass their own
+# longer socket timeout.
+COMMAND_TIMEOUT = 1.0
+POOL_WAIT = 0.5
 
 
 class _GatedCluster(RedisCluster):
@@ -68,7 +102,7 @@ class _GatedCluster(RedisCluster):
         self.gate = asyncio.Semaphore(gate)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        async with self.gate:
+        async with _waited(self.gate):
             return await super().execute_command(*args, **kwargs)
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None
@@ -80,16 +114,31 @@ class _GatedPipeline(ClusterPipeline):
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True
                       ) -> list[Any]:
         gate = self.cluster_client.gate  # type: ignore[attr-defined]
-        async with gate:
+        async with _waited(gate):
             return await super().execute(raise_on_error, allow_redirections)
 
 
+@asynccontextmanager
+async def _waited(gate: asyncio.Semaphore) -> AsyncIterator[None]:
+    """Hold `gate`, waiting at most POOL_WAIT like the single-Redis pool does."""
+    try:
+        async with asyncio.timeout(POOL_WAIT):
+            await gate.acquire()
+    except TimeoutError:
+        raise rexc.ConnectionError("no free Redis connection") from None
+    try:
+        yield
+    finally:
+        gate.release()
+
+
 def make_client(settings: Settings, url: str, *, max_connections: int,
-                socket_timeout: float = 5.0, health_check_interval: int = 10) -> Any:
+                socket_timeout: float = COMMAND_TIMEOUT,
+                health_check_interval: int = 10) -> Any:
     """A redis-py asyncio client with a bounded pool, timeouts and reconnect back-off.
 
-    The pool blocks (up to 5 s) when all `REDIS_MAX_CONNECTIONS` are busy: redis-py's default
-    pool raises at once instead, which turned ordinary bursts of callbacks into 503s. With
+    The pool blocks (up to POOL_WAIT) when all `REDIS_MAX_CONNECTIONS` are busy: redis-py's
+    default pool raises at once instead, which turned ordinary bursts of callbacks into 503s. With
     `REDIS_CLUSTER=true` it is a cluster client that discovers the other nodes from `url`.
     """
     if settings.redis_cluster:
@@ -100,22 +149,26 @@ def make_client(settings: Settings, url: str, *, max_connections: int,
             max_connections=max_connections + 2,
             decode_responses=True,
             socket_timeout=socket_timeout,
-            socket_connect_timeout=5.0,
+            socket_connect_timeout=COMMAND_TIMEOUT,
             health_check_interval=health_check_interval,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 2),
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 2,
+                        supported_errors=(rexc.ConnectionError,)),
             # A node that is down must not keep a worker from starting; calls then give 503.
             require_full_coverage=False,
         )
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        timeout=5,
+        timeout=POOL_WAIT,
         decode_responses=True,
         socket_timeout=socket_timeout,
-        socket_connect_timeout=5.0,
+        socket_connect_timeout=COMMAND_TIMEOUT,
         health_check_interval=health_check_interval,
         # The asyncio Retry class: the sync one looks compatible and silently does not retry.
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 2),
+        # Only a broken connection is retried (Redis restarted): its default also retries
+        # timeouts, which made a hung Redis take three socket timeouts to answer.
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 2,
+                    supported_errors=(rexc.ConnectionError,)),
         retry_on_error=[rexc.ConnectionError],
     )
     return aioredis.Redis.from_pool(pool)

@@ -93,8 +93,9 @@ def route_of(request: Request) -> str:
 async def relay_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RelayError)
     if isinstance(exc, StorageUnavailable):
-        metrics.STORAGE_ERRORS.inc()
-        log.warning("storage_unavailable", route=route_of(request), error=exc.message)
+        metrics.STORAGE_ERRORS.labels(exc.reason).inc()
+        log.warning("storage_unavailable", route=route_of(request), reason=exc.reason,
+                    error=exc.message)
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
