@@ -84,6 +84,7 @@ class DeliveryWorker:
         self._stopping = False
         self._attempt_seconds: dict[str, float] = {}  # moving average, per subscription
         self._park_next: dict[str, float] = {}
+        self._busy_since: dict[str, float] = {}  # since when a subscription has had attempts
 
     # ---- loops --------------------------------------------------------------------------
 
@@ -220,6 +221,7 @@ class DeliveryWorker:
                 parked.append((entry, int(self._park_due(sub.id) * 1000)))
                 continue
             self._by_sub[sub.id] += 1
+            self._busy_since.setdefault(sub.id, clock.now())
             task = asyncio.create_task(self._attempt(entry, delivery, body, sub))
             self._tasks.add(task)
             task.add_done_callback(self._finished)
@@ -234,8 +236,13 @@ class DeliveryWorker:
         loaded and parked again every second, taking the worker from everyone else; spaced by
         the time a slot takes to free, they come back about as fast as they can be attempted.
         """
-        slot = self._attempt_seconds.get(sub_id, PARK_MIN) / self.per_subscription
-        due = max(self._park_next.get(sub_id, 0.0), clock.now() + PARK_MIN)
+        now = clock.now()
+        # Until one of its attempts has ended, an attempt takes at least as long as it has been
+        # busy: a hung subscriber's backlog is spread out before its first timeout, too.
+        seconds = self._attempt_seconds.get(sub_id) or max(
+            PARK_MIN, now - self._busy_since.get(sub_id, now))
+        slot = seconds / self.per_subscription
+        due = max(self._park_next.get(sub_id, 0.0), now + PARK_MIN)
         self._park_next[sub_id] = due + slot
         return due
 
@@ -269,6 +276,7 @@ class DeliveryWorker:
             self._by_sub[sub.id] -= 1
             if self._by_sub[sub.id] <= 0:
                 del self._by_sub[sub.id]
+                self._busy_since.pop(sub.id, None)
 
     async def _attempt_inner(
         self, entry: QueueEntry, delivery: dict[str, str], body: str, sub: Subscription
