@@ -16,8 +16,11 @@ from tests.helpers import free_port
 DRIP_EVERY = 0.1  # seconds between dripped bytes
 
 # Every kind of misbehaviour, by name. The status ones answer in full and close.
-KINDS = ("silent", "drip_body", "drip_headers", "reset", "close", "500", "410", "429",
-         "429_date", "503")
+KINDS = ("silent", "drip_body", "drip_headers", "reset", "close", "garbage", "500", "410",
+         "429", "429_date", "503")
+# Subscriber URLs often carry a secret (Slack-style paths, ?token=); this one must never show
+# up in an attempt log or a log line.
+URL_TOKEN = "tok-in-the-url-5f3a9c"
 
 
 @dataclass
@@ -49,10 +52,11 @@ class BadSubscriber:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"http://127.0.0.1:{self.port}/hook/{URL_TOKEN}?token={URL_TOKEN}"
 
     def start(self) -> BadSubscriber:
         self._thread.start()
@@ -62,12 +66,19 @@ class BadSubscriber:
         return self
 
     def stop(self) -> None:
+        """Close the listener and every connection (ending relay's attempts); idempotent."""
+        if not self._loop.is_running():
+            return
+
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -78,6 +89,13 @@ class BadSubscriber:
             return list(self.hits)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._writers.discard(writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         hit = await _read_request(reader)
         if hit is None:
             writer.close()
@@ -114,6 +132,10 @@ class BadSubscriber:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
         elif kind == "close":
+            writer.close()
+        elif kind == "garbage":
+            writer.write(b"hello, this is not HTTP\r\n\r\n")
+            await writer.drain()
             writer.close()
         else:
             status = int(kind.split("_")[0])

@@ -21,7 +21,7 @@ from relay.delivery import DeliveryWorker
 from relay.outbound import Outbound
 from relay.service import Relay
 from relay.store import Store
-from tests.badsubscribers import KINDS, BadSubscriber
+from tests.badsubscribers import KINDS, URL_TOKEN, BadSubscriber
 from tests.helpers import (
     RedisServer,
     RelayProcess,
@@ -48,11 +48,12 @@ class Expect:
 
 
 EXPECT = {
-    "silent": Expect(None, r"^timed out after 1s"),
-    "drip_body": Expect(None, r"^timed out after 1s"),
-    "drip_headers": Expect(None, r"^timed out after 1s"),
+    "silent": Expect(None, r"^timed out after 1s$"),
+    "drip_body": Expect(None, r"^timed out after 1s reading the body of a 200 answer$"),
+    "drip_headers": Expect(None, r"^timed out after 1s$"),
     "reset": Expect(None, r"reset by peer"),
     "close": Expect(None, r"^ServerDisconnectedError"),
+    "garbage": Expect(None, r"^ClientResponseError: Bad status line"),
     "500": Expect(500, r"^HTTP 500$"),
     "429": Expect(429, r"^HTTP 429$", hinted=True),
     "429_date": Expect(429, r"^HTTP 429$", hinted=True),
@@ -153,6 +154,7 @@ async def test_each_misbehaving_subscriber_is_cut_at_the_deadline_logged_and_ret
     for a in attempts:
         assert a["status_code"] == expect.status, a
         assert re.search(expect.error, a["error"] or ""), a
+        assert URL_TOKEN not in a["error"], a
         assert a["duration_ms"] <= (TIMEOUT + MARGIN) * 1000, a
     for n, (prev, nxt) in enumerate(itertools.pairwise(attempts)):
         waited = started_at(nxt) - (started_at(prev) + prev["duration_ms"] / 1000)
@@ -224,10 +226,13 @@ def test_an_asctime_retry_after_is_read_as_gmt_whatever_the_local_zone(
 
 async def test_every_fault_at_once_leaves_a_healthy_subscriber_prompt_and_caps_each_at_64(
         client: httpx.AsyncClient, redis_server: RedisServer, prefix: str) -> None:
-    """A real `relay worker` with 300 events for eleven subscribers, ten of them misbehaving in
-    every way at once: the healthy one gets each event well inside the delivery timeout (so it
-    never waited behind a hung one), and no subscriber ever has more than 64 attempts open."""
-    timeout, events, rate = 5.0, 300, 40.0
+    """A real `relay worker`, 100 events for twelve subscribers, eleven misbehaving in every way
+    at once (three hold 64 attempts open each, the rest of their backlog parked): the healthy
+    one gets every event promptly, never a whole delivery timeout late (which is what waiting
+    behind a hung attempt costs), and no subscriber ever has more than 64 attempts open."""
+    # Kept well inside one worker's capacity on a loaded machine: latency here is queueing
+    # behind bad subscribers, not a worker that cannot keep up with anyone.
+    timeout, events, rate = 6.0, 100, 20.0
     bads = [BadSubscriber(kind, retry_after=RETRY_AFTER).start() for kind in KINDS]
     healthy = Subscriber().start()
     proc = RelayProcess("worker", relay_env(
@@ -250,16 +255,18 @@ async def test_every_fault_at_once_leaves_a_healthy_subscriber_prompt_and_caps_e
               f"subscribers: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
               f"max {lags[-1] * 1000:.0f} ms; open attempts at most "
               + ", ".join(f"{b.kind} {b.max_open}" for b in bads) + f"; log {proc.log_path}")
-        # Waiting behind a hung subscriber would cost a whole delivery timeout (5 s).
-        assert lags[-1] < timeout / 2, (p50, p99, lags[-1])
+        assert p50 < 1.0 and lags[-1] < timeout, (p50, p99, lags[-1])
         for b in bads:
             assert b.max_open <= 64, (b.kind, b.max_open)
         for b in bads[:3]:  # silent, drip_body, drip_headers hold every slot they get
             assert b.max_open == 64, (b.kind, b.max_open)
         gone = bads[KINDS.index("410")]
         assert 1 <= len(gone.snapshot()) <= 20, "410 did not stop deliveries to that endpoint"
+        for b in bads:  # ends the hung attempts, so the worker's shutdown need not wait them out
+            b.stop()
         proc.signal(15)
         assert proc.wait(20) == 0, proc.log()[-2000:]
+        assert "delivery_attempt" in proc.log() and URL_TOKEN not in proc.log()
     finally:
         proc.stop()
         healthy.stop()
