@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import secrets
 import socket
 from collections import Counter
@@ -32,6 +33,9 @@ MAINTENANCE_EVERY = 300.0
 # A delivery for a subscription at its slot limit waits at least this long before it is read
 # again; until the subscription's attempt time is known, it is also the assumed attempt time.
 PARK_MIN = 1.0
+# ...and at most this long, so that a subscriber that recovers gets its parked backlog within
+# minutes (in step with the retry schedule's second delay) rather than at its hung pace.
+PARK_MAX = 300.0
 
 
 def consumer_name() -> str:
@@ -243,6 +247,9 @@ class DeliveryWorker:
             PARK_MIN, now - self._busy_since.get(sub_id, now))
         slot = seconds / self.per_subscription
         due = max(self._park_next.get(sub_id, 0.0), now + PARK_MIN)
+        if due > now + PARK_MAX:
+            # A backlog longer than the horizon comes back spread evenly across it.
+            return now + random.uniform(PARK_MIN, PARK_MAX)
         self._park_next[sub_id] = due + slot
         return due
 
