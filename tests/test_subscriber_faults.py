@@ -7,7 +7,7 @@ import itertools
 import re
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -67,12 +67,13 @@ def strict(relay: Relay) -> Settings:
                                          retry_jitter=0.0, claim_timeout=30.0)
 
 
-async def running_worker(settings: Settings, url: str, name: str
+async def running_worker(settings: Settings, url: str, name: str, per_subscription: int = 64
                          ) -> AsyncIterator[DeliveryWorker]:
     """The delivery worker's own loops, in this process, as `relay worker` runs them."""
     store = Store(settings, url)
     outbound = Outbound(allow_private=True)
-    worker = DeliveryWorker(Relay(settings, store), outbound, name=name)
+    worker = DeliveryWorker(Relay(settings, store), outbound, name=name,
+                            per_subscription=per_subscription)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop, grace=TIMEOUT + 1))
     try:
@@ -91,7 +92,7 @@ async def worker(strict: Settings, redis_server: RedisServer) -> AsyncIterator[D
 
 
 @pytest.fixture
-def bad(request: pytest.FixtureRequest) -> Any:
+def bad(request: pytest.FixtureRequest) -> Iterator[BadSubscriber]:
     server = BadSubscriber(request.param, retry_after=RETRY_AFTER).start()
     yield server
     server.stop()
@@ -282,12 +283,7 @@ async def test_a_hung_subscribers_parked_backlog_is_not_reread_every_second(
     come back about as fast as slots free (2/s), not all of them every second: each return is
     an XADD from the retry set into the queue, read and loaded again, work taken from others."""
     settings = strict.with_overrides(delivery_timeout=2.0, retry_schedule=(30.0,))
-    store_w = Store(settings, redis_server.url)
-    outbound = Outbound(allow_private=True)
-    worker = DeliveryWorker(Relay(settings, store_w), outbound, name="w-park", per_subscription=4)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop, grace=3))
-    try:
+    async for _ in running_worker(settings, redis_server.url, "w-park", per_subscription=4):
         await subscribe(client, bad.url)
         for i in range(120):
             await callback(client, f"run-park-{i}")
@@ -299,8 +295,3 @@ async def test_a_hung_subscribers_parked_backlog_is_not_reread_every_second(
         assert bad.max_open == 4
         # Every parked delivery once a second would be ~460 here; slot-paced, ~8 plus retries.
         assert returned <= 40, returned
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
-        await outbound.aclose()
-        await store_w.aclose()
