@@ -204,6 +204,19 @@ class DeliveryWorker:
     # ---- attempts -----------------------------------------------------------------------
 
     async def dispatch(self, entries: list[QueueEntry]) -> None:
+        started: set[str] = set()
+        try:
+            await self._dispatch(entries, started)
+        except asyncio.CancelledError:
+            # Stopping mid-dispatch: hand back what was claimed and not started, rather than
+            # leave it to wait RELAY_CLAIM_TIMEOUT for a takeover. A started attempt hands back
+            # its own; handing back one already settled or parked is harmless.
+            rest = [(e, clock.now_ms()) for e in entries if e.entry_id not in started]
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.defer(rest))
+            raise
+
+    async def _dispatch(self, entries: list[QueueEntry], started: set[str]) -> None:
         version, loaded = await self.store.load_for_attempt(entries)
         await self.relay.subs.refresh(version)
         parked: list[tuple[QueueEntry, int]] = []
@@ -227,6 +240,7 @@ class DeliveryWorker:
             self._by_sub[sub.id] += 1
             self._busy_since.setdefault(sub.id, clock.now())
             task = asyncio.create_task(self._attempt(entry, delivery, body, sub))
+            started.add(entry.entry_id)
             self._tasks.add(task)
             task.add_done_callback(self._finished)
         if parked:
