@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 # A subscriber may not park a delivery for longer than a day with Retry-After.
@@ -37,9 +38,13 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         seconds = float(value)
     except ValueError:
         try:
-            seconds = parsedate_to_datetime(value).timestamp() - now
+            when = parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
+        if when.tzinfo is None:
+            # The asctime form carries no zone; HTTP dates are always GMT, never local time.
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
     if seconds != seconds:  # NaN
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)

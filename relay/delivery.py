@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import secrets
 import socket
 from collections import Counter
@@ -29,6 +30,12 @@ log = structlog.get_logger("relay.delivery")
 IDLE_SLEEP = 60.0
 # Index trimming is housekeeping; once every few minutes per deployment is plenty.
 MAINTENANCE_EVERY = 300.0
+# A delivery for a subscription at its slot limit waits at least this long before it is read
+# again; until the subscription's attempt time is known, it is also the assumed attempt time.
+PARK_MIN = 1.0
+# ...and at most this long, so that a subscriber that recovers gets its parked backlog within
+# minutes (in step with the retry schedule's second delay) rather than at its hung pace.
+PARK_MAX = 300.0
 
 
 def consumer_name() -> str:
@@ -79,6 +86,9 @@ class DeliveryWorker:
         self._wake_retries = asyncio.Event()
         self._next_retry_check = float("inf")
         self._stopping = False
+        self._attempt_seconds: dict[str, float] = {}  # moving average, per subscription
+        self._park_next: dict[str, float] = {}
+        self._busy_since: dict[str, float] = {}  # since when a subscription has had attempts
 
     # ---- loops --------------------------------------------------------------------------
 
@@ -197,8 +207,22 @@ class DeliveryWorker:
     # ---- attempts -----------------------------------------------------------------------
 
     async def dispatch(self, entries: list[QueueEntry]) -> None:
+        started: set[str] = set()
+        try:
+            await self._dispatch(entries, started)
+        except asyncio.CancelledError:
+            # Stopping mid-dispatch: hand back what was claimed and not started, rather than
+            # leave it to wait RELAY_CLAIM_TIMEOUT for a takeover. A started attempt hands back
+            # its own; handing back one already settled or parked is harmless.
+            rest = [(e, clock.now_ms()) for e in entries if e.entry_id not in started]
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.defer(rest))
+            raise
+
+    async def _dispatch(self, entries: list[QueueEntry], started: set[str]) -> None:
         version, loaded = await self.store.load_for_attempt(entries)
         await self.relay.subs.refresh(version)
+        parked: list[tuple[QueueEntry, int]] = []
         for entry, (delivery, body) in zip(entries, loaded, strict=True):
             sub = self.relay.subs.subs.get(delivery.get("sub", "")) if delivery else None
             if (not delivery or body is None or delivery.get("st") != "pending"
@@ -212,15 +236,39 @@ class DeliveryWorker:
                                         attempt=None)
                 continue
             if self._by_sub[sub.id] >= self.per_subscription:
-                # This subscriber is slow: park the delivery briefly instead of taking a slot
-                # every other subscriber needs. No attempt is counted.
-                await self.store.defer(entry, clock.now_ms() + 1000)
-                self._note_retry(clock.now() + 1.0)
+                # This subscriber is slow: park the delivery instead of taking a slot every
+                # other subscriber needs. No attempt is counted.
+                parked.append((entry, int(self._park_due(sub.id) * 1000)))
                 continue
             self._by_sub[sub.id] += 1
+            self._busy_since.setdefault(sub.id, clock.now())
             task = asyncio.create_task(self._attempt(entry, delivery, body, sub))
+            started.add(entry.entry_id)
             self._tasks.add(task)
             task.add_done_callback(self._finished)
+        if parked:
+            await self.store.defer(parked)
+            self._note_retry(min(due for _, due in parked) / 1000)
+
+    def _park_due(self, sub_id: str) -> float:
+        """When a parked delivery is read again: one slot-time after the one parked before it.
+
+        Parking them all for a fixed second would have a hung subscriber's whole backlog read,
+        loaded and parked again every second, taking the worker from everyone else; spaced by
+        the time a slot takes to free, they come back about as fast as they can be attempted.
+        """
+        now = clock.now()
+        # Until one of its attempts has ended, an attempt takes at least as long as it has been
+        # busy: a hung subscriber's backlog is spread out before its first timeout, too.
+        seconds = self._attempt_seconds.get(sub_id) or max(
+            PARK_MIN, now - self._busy_since.get(sub_id, now))
+        slot = seconds / self.per_subscription
+        due = max(self._park_next.get(sub_id, 0.0), now + PARK_MIN)
+        if due > now + PARK_MAX:
+            # A backlog longer than the horizon comes back spread evenly across it.
+            return now + random.uniform(PARK_MIN, PARK_MAX)
+        self._park_next[sub_id] = due + slot
+        return due
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -243,7 +291,7 @@ class DeliveryWorker:
         except asyncio.CancelledError:
             # Shutting down mid-attempt: hand the delivery back rather than wait for a takeover.
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.store.defer(entry, clock.now_ms()))
+                await asyncio.shield(self.store.defer([(entry, clock.now_ms())]))
             raise
         except StorageUnavailable as exc:
             # The entry stays claimed by this consumer and is taken over after the claim timeout.
@@ -252,6 +300,7 @@ class DeliveryWorker:
             self._by_sub[sub.id] -= 1
             if self._by_sub[sub.id] <= 0:
                 del self._by_sub[sub.id]
+                self._busy_since.pop(sub.id, None)
 
     async def _attempt_inner(
         self, entry: QueueEntry, delivery: dict[str, str], body: str, sub: Subscription
@@ -269,6 +318,9 @@ class DeliveryWorker:
             "content-type": "application/json",
         }
         answer = await self.outbound.post(sub.url, payload, headers, self.settings.delivery_timeout)
+        seconds = answer.duration_ms / 1000
+        average = self._attempt_seconds.get(sub.id, seconds)
+        self._attempt_seconds[sub.id] = average + (seconds - average) * 0.2
         outcome = classify(answer)
         due_ms = 0
         if outcome == "fail":

@@ -113,6 +113,7 @@ class Outbound:
                    ) -> Answer:
         """POST with a deadline covering connect to last byte; never follows redirects."""
         started = time.perf_counter()
+        status: int | None = None
         try:
             async with asyncio.timeout(deadline):
                 try:
@@ -125,6 +126,7 @@ class Outbound:
                         url, data=body, headers=headers, allow_redirects=False,
                         timeout=aiohttp.ClientTimeout(total=None),
                     ) as resp:
+                        status = resp.status
                         raw = await _read_capped(resp)
                         return Answer(
                             status=resp.status,
@@ -136,7 +138,10 @@ class Outbound:
                 finally:
                     _PINNED.reset(token)
         except TimeoutError:
-            return Answer(None, "", _ms(started), f"timed out after {deadline:g}s", None)
+            # A subscriber that sends its status line and then drips the body is cut here too;
+            # say so, or its own log (a 200 sent at once) contradicts the attempt log.
+            stage = "" if status is None else f" reading the body of a {status} answer"
+            return Answer(None, "", _ms(started), f"timed out after {deadline:g}s{stage}", None)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return Answer(None, "", _ms(started), _describe(exc), None)
 
@@ -157,11 +162,17 @@ def _ms(started: float) -> int:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # Its str() ends with the request URL, and a subscriber's URL can carry a token.
+        text = exc.message or f"status {exc.status}"
+    elif isinstance(exc, aiohttp.InvalidURL):
+        text = "the URL is not valid"  # its str() is the URL itself
+    else:
+        text = str(exc) or type(exc).__name__
     cause: Any = exc.__cause__ or exc.__context__
     if isinstance(exc, aiohttp.ClientConnectorError) and cause is not None and str(cause):
         text = f"{text} ({cause})"
-    return f"{type(exc).__name__}: {text}"[:500]
+    return " ".join(f"{type(exc).__name__}: {text}".split())[:500]
 
 
 @dataclass(frozen=True)

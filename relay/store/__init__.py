@@ -443,11 +443,14 @@ class Store(RunsMixin):
         return str(status)
 
     @storage_op
-    async def defer(self, entry: QueueEntry, due_ms: int) -> None:
-        await self._defer(
-            keys=[self.keys.queue, self.keys.retry],
-            args=[entry.entry_id, entry.retry_member, due_ms],
-        )
+    async def defer(self, parked: list[tuple[QueueEntry, int]]) -> None:
+        """Put entries back in the retry set, each due at its ms time, in one step."""
+        if not parked:
+            return
+        args: list[str | int] = []
+        for entry, due_ms in parked:
+            args += [entry.entry_id, entry.retry_member, due_ms]
+        await self._defer(keys=[self.keys.queue, self.keys.retry], args=args)
 
     @storage_op
     async def promote_due(self, limit: int = 1000) -> tuple[int, float | None]:

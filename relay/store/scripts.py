@@ -280,12 +280,15 @@ return new
 """
 
 DEFER = """
--- Hand a queue entry back for later without counting an attempt (subscription at capacity,
--- worker shutting down). KEYS: queue, retry set. ARGV: stream entry id, retry member, due ms.
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-redis.call('XACK', KEYS[1], 'delivery', ARGV[1])
-redis.call('XDEL', KEYS[1], ARGV[1])
-return 1
+-- Hand queue entries back for later without counting an attempt (subscription at capacity,
+-- worker shutting down). KEYS: queue, retry set.
+-- ARGV: (stream entry id, retry member, due ms) for each entry.
+for i = 1, #ARGV, 3 do
+  redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i + 1])
+  redis.call('XACK', KEYS[1], 'delivery', ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+return #ARGV / 3
 """
 
 PROMOTE = """
