@@ -16,6 +16,7 @@ from ulid import ULID
 
 from relay import backoff, clock, metrics
 from relay.errors import StorageUnavailable
+from relay.loops import keep_running
 from relay.models import Subscription, SubscriptionStatus
 from relay.outbound import Answer, Outbound
 from relay.service import Relay
@@ -133,19 +134,7 @@ class DeliveryWorker:
 
     async def _guarded(self, loop: Any) -> None:
         """Keep a loop alive through Redis outages: back off and try again, until stopping."""
-        delay = 0.1
-        while not self._stopping:
-            try:
-                await loop()
-                return
-            except asyncio.CancelledError:
-                raise
-            except StorageUnavailable as exc:
-                log.warning("storage_unavailable", loop=loop.__name__, error=str(exc))
-            except Exception:
-                log.exception("worker_loop_crashed", loop=loop.__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        await keep_running(loop, loop.__name__, lambda: self._stopping)
 
     async def _read_loop(self) -> None:
         block_ms = int(self.store.block_seconds * 1000)

@@ -15,6 +15,7 @@ from relay import backoff, clock, metrics
 from relay.config import Settings
 from relay.delivery import consumer_name
 from relay.errors import InvalidJSON, StorageUnavailable
+from relay.loops import keep_running
 from relay.models import Event
 from relay.outbound import ProviderClient
 from relay.providers import CallbackContext, Observation, PollProvider
@@ -237,18 +238,7 @@ class Poller:
         log.info("poller_stopped", consumer=self.name)
 
     async def _guarded(self) -> None:
-        delay = 0.1
-        while not self._stopping:
-            try:
-                await self._loop()
-            except asyncio.CancelledError:
-                raise
-            except StorageUnavailable as exc:
-                log.warning("storage_unavailable", loop="poller", error=str(exc))
-            except Exception:
-                log.exception("worker_loop_crashed", loop="poller")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        await keep_running(self._loop, "poller", lambda: self._stopping)
 
     async def _loop(self) -> None:
         while True:

@@ -1,0 +1,41 @@
+"""Worker loops that outlive Redis outages: restarted with a capped back-off."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from relay.errors import StorageUnavailable
+
+log = structlog.get_logger("relay.loops")
+
+FIRST_DELAY = 0.1
+MAX_DELAY = 5.0
+# A loop that ran this long before failing was healthy: its next outage starts the back-off
+# afresh, so a Redis restart hours after the last one is picked up in 0.1 s, not 5 s.
+HEALTHY_RUN = 10.0
+
+
+async def keep_running(loop: Callable[[], Awaitable[None]], name: str,
+                       stopping: Callable[[], bool], *, first: float = FIRST_DELAY,
+                       cap: float = MAX_DELAY, healthy: float = HEALTHY_RUN) -> None:
+    """Run `loop` until it returns or `stopping()`; log and back off on every failure."""
+    delay = first
+    while not stopping():
+        started = time.monotonic()
+        try:
+            await loop()
+            return
+        except asyncio.CancelledError:
+            raise
+        except StorageUnavailable as exc:
+            log.warning("storage_unavailable", loop=name, error=str(exc))
+        except Exception:
+            log.exception("worker_loop_crashed", loop=name)
+        if time.monotonic() - started >= healthy:
+            delay = first
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, cap)

@@ -1,0 +1,56 @@
+"""Worker loops: restarted after failures, with a back-off that a healthy run resets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from relay.errors import StorageUnavailable
+from relay.loops import keep_running
+
+
+async def test_the_back_off_grows_to_its_cap_and_a_healthy_run_starts_it_afresh() -> None:
+    starts: list[float] = []
+    ends: list[float] = []
+
+    async def loop() -> None:
+        starts.append(time.monotonic())
+        if len(starts) == 6:
+            await asyncio.sleep(0.3)  # a healthy stretch, then the next outage
+        ends.append(time.monotonic())
+        if len(starts) < 8:
+            raise StorageUnavailable("down")
+
+    await asyncio.wait_for(keep_running(loop, "test", lambda: False, first=0.02, cap=0.16,
+                                        healthy=0.25), 10)
+    gaps = [start - end for end, start in zip(ends, starts[1:], strict=False)]
+    assert len(starts) == 8
+    assert gaps[3] >= 0.15 and gaps[4] >= 0.15  # grown to the cap during the first outage
+    assert gaps[5] < 0.1  # the outage after the healthy run starts again from the first delay
+
+
+async def test_a_loop_that_returns_is_not_restarted_and_stopping_ends_the_retries() -> None:
+    calls = 0
+
+    async def failing() -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("bug")
+
+    stopping = False
+
+    async def stop_soon() -> None:
+        nonlocal stopping
+        await asyncio.sleep(0.2)
+        stopping = True
+
+    await asyncio.gather(keep_running(failing, "test", lambda: stopping, first=0.01, cap=0.02),
+                         stop_soon())
+    assert 3 <= calls < 30
+
+    async def done() -> None:
+        nonlocal calls
+        calls = -1
+
+    await keep_running(done, "test", lambda: False)
+    assert calls == -1
