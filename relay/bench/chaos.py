@@ -44,6 +44,10 @@ from relay.bench.procs import (
 )
 from relay.bench.stacks import redis_binary
 
+# Requests the senders keep open at once. Unbounded, thousands of requests queue inside httpx's
+# connection pool, whose bookkeeping is quadratic in them and starves the sender of CPU.
+IN_FLIGHT = 64
+
 
 @dataclass
 class Config:
@@ -208,14 +212,26 @@ class Result:
 async def _traffic(stack: ChaosStack, sent: Sent) -> float:
     cfg = stack.cfg
     seconds = cfg.callbacks / cfg.rate
-    limits = httpx.Limits(max_connections=128, max_keepalive_connections=64)
+    limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT)
+    gate = asyncio.Semaphore(IN_FLIGHT)
     async with httpx.AsyncClient(timeout=10, limits=limits) as client:
         started = time.monotonic()
+        progress = asyncio.create_task(_progress(sent, cfg, started))
         await asyncio.gather(
             send_callbacks(client, stack.bases, stack.runflow_secret, cfg.callbacks, cfg.rate,
-                           sent),
-            track_runs(client, stack.bases, stack.api_key, cfg.runs, seconds, sent))
+                           sent, gate),
+            track_runs(client, stack.bases, stack.api_key, cfg.runs, seconds, sent, gate))
+        progress.cancel()
         return time.monotonic() - started
+
+
+async def _progress(sent: Sent, cfg: Config, started: float) -> None:
+    """A line on stderr every 10 s, so that a long run shows it is moving."""
+    while True:
+        await asyncio.sleep(10)
+        print(f"{time.monotonic() - started:5.0f} s: accepted {len(sent.accepted):,}/"
+              f"{cfg.callbacks:,} callbacks, tracked {len(sent.tracked):,}/{cfg.runs:,} runs, "
+              f"answers {dict(sent.answers)}", file=sys.stderr, flush=True)
 
 
 async def _reconcile(stack: ChaosStack, sent: Sent) -> Reconciled:
@@ -245,8 +261,8 @@ def run(cfg: Config, children: Children, workdir: Path) -> Result:
     try:
         inject_faults(stack, faults, stop, rng)
     finally:
-        stop.set()
-        sender.join()
+        stop.set()  # on Ctrl-C the daemon sender is simply abandoned
+    sender.join()
     if not took:
         raise BenchError("the traffic thread failed; see its traceback above")
     load_seconds = took[0]
@@ -337,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"relay.bench.chaos: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("relay.bench.chaos: interrupted; stopping every process it started",
+              file=sys.stderr)
+        return 130
     finally:
         children.close()
         if keep_logs:

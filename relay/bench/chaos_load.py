@@ -45,7 +45,7 @@ Attempt = Callable[[str], Awaitable[httpx.Response]]
 
 
 async def _with_retries(what: str, bases: list[str], first: int, sent: Sent,
-                        attempt: Attempt) -> httpx.Response | None:
+                        attempt: Attempt, gate: asyncio.Semaphore) -> httpx.Response | None:
     """Call `attempt(base)` until it answers 2xx, rotating over `bases`; None if it never did."""
     deadline = time.monotonic() + GIVE_UP_AFTER
     delay, i = 0.1, first
@@ -53,7 +53,8 @@ async def _with_retries(what: str, bases: list[str], first: int, sent: Sent,
         base = bases[i % len(bases)]
         i += 1
         try:
-            answer = await attempt(base)
+            async with gate:
+                answer = await attempt(base)
         except httpx.TimeoutException:
             sent.answers["timeout"] += 1
         except httpx.TransportError:
@@ -69,7 +70,8 @@ async def _with_retries(what: str, bases: list[str], first: int, sent: Sent,
 
 
 async def send_callbacks(client: httpx.AsyncClient, bases: list[str], secret: str, count: int,
-                         rate: float, sent: Sent, label: str = "chaos") -> None:
+                         rate: float, sent: Sent, gate: asyncio.Semaphore,
+                         label: str = "chaos") -> None:
     """`count` unique signed `run.completed` callbacks at `rate` per second."""
     started = time.monotonic()
     tasks = []
@@ -78,12 +80,12 @@ async def send_callbacks(client: httpx.AsyncClient, bases: list[str], secret: st
         if ahead > 0:
             await asyncio.sleep(ahead)
         tasks.append(asyncio.create_task(_one_callback(client, bases, seq, run_id, body, sig,
-                                                       sent)))
+                                                       sent, gate)))
     await asyncio.gather(*tasks)
 
 
 async def _one_callback(client: httpx.AsyncClient, bases: list[str], seq: int, run_id: str,
-                        body: bytes, sig: str, sent: Sent) -> None:
+                        body: bytes, sig: str, sent: Sent, gate: asyncio.Semaphore) -> None:
     headers = {"runflow-signature": sig, "content-type": "application/json"}
     tries = 0
 
@@ -92,7 +94,7 @@ async def _one_callback(client: httpx.AsyncClient, bases: list[str], seq: int, r
         tries += 1
         return await client.post(f"{base}{CALLBACK_PATH}", content=body, headers=headers)
 
-    answer = await _with_retries(f"callback {run_id}", bases, seq, sent, attempt)
+    answer = await _with_retries(f"callback {run_id}", bases, seq, sent, attempt, gate)
     if answer is None:
         return
     doc = answer.json()
@@ -104,7 +106,8 @@ async def _one_callback(client: httpx.AsyncClient, bases: list[str], seq: int, r
 
 
 async def track_runs(client: httpx.AsyncClient, bases: list[str], api_key: str, count: int,
-                     seconds: float, sent: Sent, label: str = "chaos") -> None:
+                     seconds: float, sent: Sent, gate: asyncio.Semaphore,
+                     label: str = "chaos") -> None:
     """`count` BetterPrompt runs tracked with `POST /v1/runs`, spread over `seconds`."""
     prefix = payloads.run_id_prefix(f"{label}-bp")
     started = time.monotonic()
@@ -114,17 +117,17 @@ async def track_runs(client: httpx.AsyncClient, bases: list[str], api_key: str, 
         if ahead > 0:
             await asyncio.sleep(ahead)
         tasks.append(asyncio.create_task(_one_run(client, bases, api_key, seq,
-                                                  f"{prefix}{seq:06d}", sent)))
+                                                  f"{prefix}{seq:06d}", sent, gate)))
     await asyncio.gather(*tasks)
 
 
 async def _one_run(client: httpx.AsyncClient, bases: list[str], api_key: str, seq: int,
-                   run_id: str, sent: Sent) -> None:
+                   run_id: str, sent: Sent, gate: asyncio.Semaphore) -> None:
     doc = {"provider": "betterprompt", "run_id": run_id, "metadata": {"chaos": seq}}
 
     async def attempt(base: str) -> httpx.Response:
         return await client.post(f"{base}/v1/runs", json=doc,
                                  headers={"authorization": f"Bearer {api_key}"})
 
-    if await _with_retries(f"run {run_id}", bases, seq, sent, attempt) is not None:
+    if await _with_retries(f"run {run_id}", bases, seq, sent, attempt, gate) is not None:
         sent.tracked.add(run_id)

@@ -90,9 +90,11 @@ class Children:
     started: list[Child] = field(default_factory=list)
     # Processes that ignored SIGTERM for `timeout` seconds and had to be killed.
     forced: list[str] = field(default_factory=list)
+    count: int = 0  # processes ever started: numbers the log files, which must not collide
 
     def start(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> Child:
-        log_path = self.log_dir / f"{name}-{len(self.started)}.log"
+        log_path = self.log_dir / f"{name}-{self.count}.log"
+        self.count += 1
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 list(args), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
