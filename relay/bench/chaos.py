@@ -283,8 +283,9 @@ def render(r: Result) -> str:
     lines = [
         f"chaos run: 2 relay web, 2 relay worker, {len(rec.subscribers)} subscribers, "
         f"Redis AOF appendfsync {c['appendfsync']}, RELAY_CLAIM_TIMEOUT {c['claim_timeout']:g} s",
-        f"traffic: {c['callbacks']:,} Runflow callbacks at {c['rate']:g}/s and {c['runs']:,} "
-        f"tracked BetterPrompt runs over {r.load_seconds:g} s",
+        f"traffic: {c['callbacks']:,} Runflow callbacks offered at {c['rate']:g}/s "
+        f"(taken at {rec.callbacks_accepted / max(r.load_seconds, 1e-9):.0f}/s) and "
+        f"{c['runs']:,} tracked BetterPrompt runs over {r.load_seconds:g} s",
         f"answers: {answers.get('200', 0):,} x 200, {answers.get('201', 0):,} x 201, "
         f"{answers.get('503', 0):,} x 503, {answers.get('connect', 0):,} connection errors, "
         f"{answers.get('timeout', 0):,} timeouts; {r.sent['duplicate_answers']} retries answered "

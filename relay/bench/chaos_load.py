@@ -47,13 +47,14 @@ Attempt = Callable[[str], Awaitable[httpx.Response]]
 async def _with_retries(what: str, bases: list[str], first: int, sent: Sent,
                         attempt: Attempt, gate: asyncio.Semaphore) -> httpx.Response | None:
     """Call `attempt(base)` until it answers 2xx, rotating over `bases`; None if it never did."""
-    deadline = time.monotonic() + GIVE_UP_AFTER
+    deadline: float | None = None  # from the first try: waiting for the gate is not retrying
     delay, i = 0.1, first
-    while time.monotonic() < deadline:
+    while deadline is None or time.monotonic() < deadline:
         base = bases[i % len(bases)]
         i += 1
         try:
             async with gate:
+                deadline = deadline or time.monotonic() + GIVE_UP_AFTER
                 answer = await attempt(base)
         except httpx.TimeoutException:
             sent.answers["timeout"] += 1
