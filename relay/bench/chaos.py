@@ -44,8 +44,9 @@ from relay.bench.procs import (
 )
 from relay.bench.stacks import redis_binary
 
-# Requests the senders keep open at once. Unbounded, thousands of requests queue inside httpx's
-# connection pool, whose bookkeeping is quadratic in them and starves the sender of CPU.
+# Requests (each with its retries) the senders keep open at once: the offered rate slows down
+# when relay does. Unbounded, thousands of requests queue inside httpx's connection pool, whose
+# bookkeeping is quadratic in them, and retries wait behind new requests until they give up.
 IN_FLIGHT = 64
 
 

@@ -45,17 +45,15 @@ Attempt = Callable[[str], Awaitable[httpx.Response]]
 
 
 async def _with_retries(what: str, bases: list[str], first: int, sent: Sent,
-                        attempt: Attempt, gate: asyncio.Semaphore) -> httpx.Response | None:
+                        attempt: Attempt) -> httpx.Response | None:
     """Call `attempt(base)` until it answers 2xx, rotating over `bases`; None if it never did."""
-    deadline: float | None = None  # from the first try: waiting for the gate is not retrying
+    deadline = time.monotonic() + GIVE_UP_AFTER
     delay, i = 0.1, first
-    while deadline is None or time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         base = bases[i % len(bases)]
         i += 1
         try:
-            async with gate:
-                deadline = deadline or time.monotonic() + GIVE_UP_AFTER
-                answer = await attempt(base)
+            answer = await attempt(base)
         except httpx.TimeoutException:
             sent.answers["timeout"] += 1
         except httpx.TransportError:
@@ -70,6 +68,13 @@ async def _with_retries(what: str, bases: list[str], first: int, sent: Sent,
     return None
 
 
+async def _gated(gate: asyncio.Semaphore, job: Awaitable[None]) -> None:
+    try:
+        await job
+    finally:
+        gate.release()
+
+
 async def send_callbacks(client: httpx.AsyncClient, bases: list[str], secret: str, count: int,
                          rate: float, sent: Sent, gate: asyncio.Semaphore,
                          label: str = "chaos") -> None:
@@ -80,13 +85,14 @@ async def send_callbacks(client: httpx.AsyncClient, bases: list[str], secret: st
         ahead = started + seq / rate - time.monotonic()
         if ahead > 0:
             await asyncio.sleep(ahead)
-        tasks.append(asyncio.create_task(_one_callback(client, bases, seq, run_id, body, sig,
-                                                       sent, gate)))
+        await gate.acquire()  # a request holds its slot through its retries, as a backlog would
+        tasks.append(asyncio.create_task(_gated(gate, _one_callback(
+            client, bases, seq, run_id, body, sig, sent))))
     await asyncio.gather(*tasks)
 
 
 async def _one_callback(client: httpx.AsyncClient, bases: list[str], seq: int, run_id: str,
-                        body: bytes, sig: str, sent: Sent, gate: asyncio.Semaphore) -> None:
+                        body: bytes, sig: str, sent: Sent) -> None:
     headers = {"runflow-signature": sig, "content-type": "application/json"}
     tries = 0
 
@@ -95,7 +101,7 @@ async def _one_callback(client: httpx.AsyncClient, bases: list[str], seq: int, r
         tries += 1
         return await client.post(f"{base}{CALLBACK_PATH}", content=body, headers=headers)
 
-    answer = await _with_retries(f"callback {run_id}", bases, seq, sent, attempt, gate)
+    answer = await _with_retries(f"callback {run_id}", bases, seq, sent, attempt)
     if answer is None:
         return
     doc = answer.json()
@@ -117,18 +123,19 @@ async def track_runs(client: httpx.AsyncClient, bases: list[str], api_key: str, 
         ahead = started + seq * seconds / max(count, 1) - time.monotonic()
         if ahead > 0:
             await asyncio.sleep(ahead)
-        tasks.append(asyncio.create_task(_one_run(client, bases, api_key, seq,
-                                                  f"{prefix}{seq:06d}", sent, gate)))
+        await gate.acquire()
+        tasks.append(asyncio.create_task(_gated(gate, _one_run(
+            client, bases, api_key, seq, f"{prefix}{seq:06d}", sent))))
     await asyncio.gather(*tasks)
 
 
 async def _one_run(client: httpx.AsyncClient, bases: list[str], api_key: str, seq: int,
-                   run_id: str, sent: Sent, gate: asyncio.Semaphore) -> None:
+                   run_id: str, sent: Sent) -> None:
     doc = {"provider": "betterprompt", "run_id": run_id, "metadata": {"chaos": seq}}
 
     async def attempt(base: str) -> httpx.Response:
         return await client.post(f"{base}/v1/runs", json=doc,
                                  headers={"authorization": f"Bearer {api_key}"})
 
-    if await _with_retries(f"run {run_id}", bases, seq, sent, attempt, gate) is not None:
+    if await _with_retries(f"run {run_id}", bases, seq, sent, attempt) is not None:
         sent.tracked.add(run_id)
