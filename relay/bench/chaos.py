@@ -63,6 +63,7 @@ class Config:
     drain_timeout: float = 180.0
     appendfsync: str = "always"
     seed: int | None = None
+    faults: str = "both"  # which faults to inject: both, worker, redis
 
 
 @dataclass
@@ -184,9 +185,10 @@ def inject_faults(stack: ChaosStack, faults: Faults, stop: threading.Event,
                   rng: random.Random) -> None:
     """Until `stop`: a worker SIGKILL first, then a Redis restart, then either at random."""
     lo, hi = stack.cfg.fault_every
+    kinds = stack.cfg.faults
     n = 0
     while not stop.wait(rng.uniform(lo, hi)):
-        if n == 0 or (n > 1 and rng.random() < 0.5):
+        if kinds == "worker" or (kinds == "both" and (n == 0 or (n > 1 and rng.random() < 0.5))):
             stack.kill_worker(rng.randrange(len(stack.workers)), faults)
         else:
             stack.restart_redis(faults)
@@ -334,6 +336,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path | None, bool]:
                    help="longest wait for delivery after the traffic ends")
     p.add_argument("--appendfsync", choices=["always", "everysec", "no"], default=d.appendfsync)
     p.add_argument("--seed", type=int, help="seed of the fault schedule")
+    p.add_argument("--faults", choices=["both", "worker", "redis"], default=d.faults,
+                   help="which processes to kill")
     p.add_argument("--keep-logs", action="store_true", help="print where the logs are kept")
     p.add_argument("--out", type=Path, help="write the result as JSON here")
     a = p.parse_args(argv)
@@ -342,7 +346,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path | None, bool]:
     if not 0 < a.fault_every[0] <= a.fault_every[1]:
         p.error("--fault-every takes 0 < MIN <= MAX")
     cfg = Config(a.callbacks, a.runs, a.rate, a.subscribers, tuple(a.fault_every), a.redis_down,
-                 a.claim_timeout, a.finish_after, a.drain_timeout, a.appendfsync, a.seed)
+                 a.claim_timeout, a.finish_after, a.drain_timeout, a.appendfsync, a.seed,
+                 a.faults)
     return cfg, a.out, a.keep_logs
 
 
