@@ -297,7 +297,8 @@ def render(r: Result) -> str:
         f"from AOF" + (f" (down {min(down):.1f}-{max(down):.1f} s)" if down else ""),
         f"callbacks accepted {rec.callbacks_accepted:,}; runs tracked {rec.runs_tracked:,}, "
         f"finished {rec.runs_finished:,}, with exactly one terminal event "
-        f"{rec.runs_with_one_terminal_event:,} ({rec.run_events:,} run events)",
+        f"{rec.runs_with_one_terminal_event:,} (run events: "
+        f"{', '.join(f'{n:,} {t}' for t, n in sorted(rec.run_event_types.items()))})",
         f"drained {rec.drain_seconds:g} s after the last request",
         "",
         f"{'subscriber':<12}{'accepted':>10}{'delivered':>11}{'duplicates':>12}{'lost':>7}"
@@ -312,6 +313,7 @@ def render(r: Result) -> str:
     lines += ["", f"lost: {rec.lost}" + ("" if r.ok else "   NOT OK")]
     lines += [f"problem: {p}" for p in r.problems]
     lines += [f"lost event as relay sees it: {json.dumps(e)[:600]}" for e in rec.lost_events]
+    lines += [f"run with a repeated event type: {json.dumps(e)[:800]}" for e in rec.repeated]
     return "\n".join(lines)
 
 

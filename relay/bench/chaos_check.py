@@ -35,6 +35,9 @@ class Reconciled:
     runs_finished: int = 0
     runs_with_one_terminal_event: int = 0
     run_events: int = 0
+    run_event_types: dict[str, int] = field(default_factory=dict)
+    # Runs with more than one event of a type, and those events: each poll emits at most one.
+    repeated: list[list[dict[str, Any]]] = field(default_factory=list)
     expected_per_subscriber: int = 0
     drain_seconds: float = 0.0
     subscribers: list[SubscriberTally] = field(default_factory=list)
@@ -119,19 +122,25 @@ class Reconciler:
                 return time.monotonic() - started
             await asyncio.sleep(1.0)
 
-    async def _terminal_count(self, run_id: str) -> int:
+    async def _events_of(self, run_id: str) -> list[dict[str, Any]]:
         doc = await self._get("/v1/events", provider="betterprompt", run_id=run_id, limit=100)
-        return sum(1 for e in (doc or {}).get("data", []) if e.get("event") in TERMINAL)
+        return [{k: e.get(k) for k in ("id", "event", "status", "source", "observed_at")}
+                for e in (doc or {}).get("data", [])]
 
     async def result(self, drain_seconds: float) -> Reconciled:
         want = self.expected()
         finished = sorted(self.run_events)
-        terminals = await asyncio.gather(*(self._terminal_count(r) for r in finished))
+        listed = await asyncio.gather(*(self._events_of(r) for r in finished))
+        terminals = [sum(1 for e in events if e["event"] in TERMINAL) for events in listed]
+        types = Counter(e["event"] for events in listed for e in events)
         out = Reconciled(
             callbacks_accepted=len(self.sent.accepted), runs_tracked=len(self.sent.tracked),
             runs_finished=len(finished), runs_with_one_terminal_event=terminals.count(1),
             run_events=sum(len(e) for e in self.run_events.values()),
-            expected_per_subscriber=len(want), drain_seconds=round(drain_seconds, 1))
+            expected_per_subscriber=len(want), drain_seconds=round(drain_seconds, 1),
+            run_event_types=dict(types),
+            repeated=[events for events in listed
+                      if len({e["event"] for e in events}) < len(events)][:3])
         lost_ids: set[str] = set()
         for a in self.arrivals:
             got = set(a.ids)
