@@ -90,9 +90,11 @@ class Children:
     started: list[Child] = field(default_factory=list)
     # Processes that ignored SIGTERM for `timeout` seconds and had to be killed.
     forced: list[str] = field(default_factory=list)
+    count: int = 0  # processes ever started: numbers the log files, which must not collide
 
     def start(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> Child:
-        log_path = self.log_dir / f"{name}-{len(self.started)}.log"
+        log_path = self.log_dir / f"{name}-{self.count}.log"
+        self.count += 1
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 list(args), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -115,6 +117,15 @@ class Children:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.proc.pid, signal.SIGKILL)
                 child.proc.wait()
+        if child in self.started:
+            self.started.remove(child)
+
+    def kill(self, child: Child) -> None:
+        """SIGKILL the child's process group, as a crash would: no clean-up runs."""
+        if child.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.proc.pid, signal.SIGKILL)
+        child.proc.wait()
         if child in self.started:
             self.started.remove(child)
 
@@ -186,13 +197,18 @@ def http_ready(url: str, child: Child) -> Callable[[], bool]:
     return check
 
 
-def start_redis(children: Children, binary: str, workdir: Path) -> tuple[Child, str]:
-    """redis-server on a free port: no RDB, AOF with fsync every second, data in `workdir`."""
-    port = free_port()
+def start_redis(children: Children, binary: str, workdir: Path, *, port: int | None = None,
+                appendfsync: str = "everysec") -> tuple[Child, str]:
+    """redis-server: no RDB, AOF (fsync every second by default), data in `workdir`.
+
+    Given the `port` and `workdir` of a Redis that was killed, it restarts that Redis from its
+    append-only file.
+    """
+    port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     child = children.start("redis", [
         binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-        "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+        "--save", "", "--appendonly", "yes", "--appendfsync", appendfsync,
         "--maxmemory-policy", "noeviction", "--daemonize", "no",
     ])
 
