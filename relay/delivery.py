@@ -285,6 +285,9 @@ class DeliveryWorker:
         except StorageUnavailable as exc:
             # The entry stays claimed by this consumer and is taken over after the claim timeout.
             log.warning("delivery_not_settled", error=str(exc))
+        except Exception:
+            # A bug must not pass in silence; the entry is taken over like an unsettled one.
+            log.exception("delivery_attempt_crashed")
         finally:
             self._by_sub[sub.id] -= 1
             if self._by_sub[sub.id] <= 0:

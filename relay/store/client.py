@@ -141,25 +141,7 @@ def make_client(settings: Settings, url: str, *, max_connections: int,
     default pool raises at once instead, which turned ordinary bursts of callbacks into 503s. With
     `REDIS_CLUSTER=true` it is a cluster client that discovers the other nodes from `url`.
     """
-    if settings.redis_cluster:
-        return _GatedCluster.from_url(
-            url,
-            gate=max_connections,
-            # Room above the gate for the client's own topology reads.
-            max_connections=max_connections + 2,
-            decode_responses=True,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=COMMAND_TIMEOUT,
-            health_check_interval=health_check_interval,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 2,
-                        supported_errors=(rexc.ConnectionError,)),
-            # A node that is down must not keep a worker from starting; calls then give 503.
-            require_full_coverage=False,
-        )
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=POOL_WAIT,
+    common: dict[str, Any] = dict(
         decode_responses=True,
         socket_timeout=socket_timeout,
         socket_connect_timeout=COMMAND_TIMEOUT,
@@ -169,7 +151,19 @@ def make_client(settings: Settings, url: str, *, max_connections: int,
         # timeouts, which made a hung Redis take three socket timeouts to answer.
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 2,
                     supported_errors=(rexc.ConnectionError,)),
-        retry_on_error=[rexc.ConnectionError],
+    )
+    if settings.redis_cluster:
+        return _GatedCluster.from_url(
+            url, gate=max_connections,
+            # Room above the gate for the client's own topology reads.
+            max_connections=max_connections + 2,
+            # A node that is down must not keep a worker from starting; calls then give 503.
+            require_full_coverage=False,
+            **common,
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=POOL_WAIT,
+        retry_on_error=[rexc.ConnectionError], **common,
     )
     return aioredis.Redis.from_pool(pool)
 
