@@ -223,12 +223,15 @@ async def test_any_body_with_a_valid_signature_is_answered_in_the_contract_shape
 @given(route=st.sampled_from(ROUTES), body=bodies, signature=garbage_signatures,
        name=st.sampled_from(["runflow-signature", "flora-signature", "Runflow-Signature",
                              "FLORA-SIGNATURE", "x-signature"]),
-       copies=st.integers(0, 3))
+       copies=st.integers(0, 3), other_secret=st.booleans())
 async def test_forged_or_malformed_signature_headers_are_401_whatever_the_body(
         app: httpx.AsyncClient, route: str, body: bytes, signature: str, name: str,
-        copies: int) -> None:
+        copies: int, other_secret: bool) -> None:
     """Missing, duplicated, mis-spelled, truncated, other-secret or junk signatures: 401
     invalid_signature, whatever the body holds."""
+    if other_secret:  # right form and right body, wrong key
+        signature = (runflow_signature(body, "whsec_someone_else") if "runflow" in name.lower()
+                     else flora_signature(body, secret="whsec_someone_else"))
     headers = [(name.encode(), signature.encode("utf-8", "surrogatepass"))] * copies
     r = await app.post(route, content=body, headers=headers)
     doc = assert_contract(r)
