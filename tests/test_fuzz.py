@@ -15,11 +15,12 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import structlog
+import structlog.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.config import Settings
-from relay.logs import configure as configure_logs
 from relay.signing import TokenSigner
 from tests.fakes import FLORA_SECRET, flora_signature
 from tests.helpers import (
@@ -60,15 +61,17 @@ async def app(redis_server: RedisServer, prefix: str) -> AsyncIterator[httpx.Asy
         "RELAY_SECRET_KEY": SECRET_KEY, "RELAY_API_KEYS": API_KEY,
         "RUNFLOW_CALLBACK_SECRETS": RUNFLOW_SECRET, "FLORA_WEBHOOK_SECRETS": FLORA_SECRET,
         "FLORA_API_KEY": "flora-key", "FLORA_BASE_URL": f"http://127.0.0.1:{free_port()}",
-        "RELAY_MAX_BODY_BYTES": str(CAP), "RELAY_LOG_LEVEL": "warning",
+        "RELAY_MAX_BODY_BYTES": str(CAP),
     })
-    configure_logs(settings)  # warnings only: thousands of requests, and tracebacks are slow
     asgi = create_app(settings, redis_server.url)
-    async with asgi.router.lifespan_context(asgi):
-        # A crash must come back as the 500 a client would see, for assert_contract to judge.
-        transport = httpx.ASGITransport(app=asgi, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://relay") as c:
-            yield c
+    # Thousands of requests: collect their log entries instead of rendering each one (the
+    # previous configuration comes back on exit, so later tests' log capture is unaffected).
+    with structlog.testing.capture_logs():
+        async with asgi.router.lifespan_context(asgi):
+            # A crash must come back as the 500 a client would see, for assert_contract.
+            transport = httpx.ASGITransport(app=asgi, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://relay") as c:
+                yield c
 
 
 def assert_contract(r: httpx.Response) -> Any:
