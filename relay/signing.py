@@ -65,7 +65,8 @@ def verify_flora_signature(header: str | None, body: bytes, secrets: Iterable[st
             stamp = value.strip()
         elif name == "v1" and _HEX64.match(value.strip()):
             candidates.append(value.strip())
-    if stamp is None or not stamp.isdigit() or len(stamp) > 12:
+    # ASCII digits only: str.isdigit() also passes "²", which int() then refuses.
+    if stamp is None or not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
         return "Flora-Signature has no valid t="
     if not candidates:
         return "Flora-Signature has no valid v1="

@@ -77,7 +77,7 @@ class Flora:
         if not isinstance(doc.get("id"), str) or not doc["id"]:
             problems.append({"field": "id", "problem": "a non-empty string is required"})
         kind = doc.get("type")
-        if kind not in _CALLBACK_TYPES:
+        if not isinstance(kind, str) or kind not in _CALLBACK_TYPES:  # a list is unhashable
             problems.append({"field": "type", "problem": "must be run.completed or run.failed"})
         if not isinstance(data, dict):
             problems.append({"field": "data", "problem": "an object is required"})

@@ -52,7 +52,9 @@ def state_of(request: Request) -> AppState:
 async def read_body(request: Request, cap: int) -> bytes:
     """The raw body, refused with 413 as soon as it passes `cap` (declared or streamed)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
+    # ASCII digits only: str.isdigit() also passes "²", which int() then refuses.
+    if declared is not None and declared.isascii() and declared.isdigit() \
+            and int(declared) > cap:
         raise PayloadTooLarge(f"the body is larger than {cap} bytes")
     chunks: list[bytes] = []
     size = 0
