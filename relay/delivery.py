@@ -16,7 +16,7 @@ from ulid import ULID
 
 from relay import backoff, clock, metrics
 from relay.errors import StorageUnavailable
-from relay.loops import keep_running
+from relay.loops import keep_running, wait_event
 from relay.models import Subscription, SubscriptionStatus
 from relay.outbound import Answer, Outbound
 from relay.service import Relay
@@ -138,26 +138,25 @@ class DeliveryWorker:
 
     async def _read_loop(self) -> None:
         block_ms = int(self.store.block_seconds * 1000)
-        while True:
+        while not self._stopping:
             free = await self._free_slots()
             entries = await self.store.read_queue(self.name, min(free, 200), block_ms)
             if entries:
                 await self.dispatch(entries)
 
     async def _retry_loop(self) -> None:
-        while True:
+        while not self._stopping:
             _, head = await self.store.promote_due()
             now = clock.now()
             wait = IDLE_SLEEP if head is None else min(max(head - now, 0.0), IDLE_SLEEP)
             self._next_retry_check = now + wait
             self._wake_retries.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_retries.wait(), timeout=wait)
+            await wait_event(self._wake_retries, wait)
 
     async def _reclaim_loop(self) -> None:
         interval = max(min(self.settings.claim_timeout / 2, 30.0), 0.05)
         min_idle = int(self.settings.claim_timeout * 1000)
-        while True:
+        while not self._stopping:
             await asyncio.sleep(interval)
             entries = await self.store.reclaim(self.name, min_idle)
             if entries:
@@ -165,7 +164,7 @@ class DeliveryWorker:
                 await self.dispatch(entries)
 
     async def _maintenance_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await self.store.trim(every=MAINTENANCE_EVERY)
             await asyncio.sleep(MAINTENANCE_EVERY)
 

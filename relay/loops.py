@@ -1,4 +1,4 @@
-"""Worker loops that outlive Redis outages: restarted with a capped back-off."""
+"""Worker loops: restarted through Redis outages with a capped back-off, and stoppable."""
 
 from __future__ import annotations
 
@@ -39,3 +39,16 @@ async def keep_running(loop: Callable[[], Awaitable[None]], name: str,
             delay = first
         await asyncio.sleep(delay)
         delay = min(delay * 2, cap)
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> None:
+    """Wait until `event` is set or `seconds` pass.
+
+    Not `asyncio.wait_for`: on Python 3.11 it can swallow a cancellation that lands as the wait
+    ends, and a worker loop that loses its cancellation never stops.
+    """
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=seconds)
+    finally:
+        waiter.cancel()

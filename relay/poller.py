@@ -4,7 +4,6 @@ budget, and turn what changed into `run.*` events."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +14,7 @@ from relay import backoff, clock, metrics
 from relay.config import Settings
 from relay.delivery import consumer_name
 from relay.errors import InvalidJSON, StorageUnavailable
-from relay.loops import keep_running
+from relay.loops import keep_running, wait_event
 from relay.models import Event
 from relay.outbound import ProviderClient
 from relay.providers import CallbackContext, Observation, PollProvider
@@ -241,7 +240,8 @@ class Poller:
         await keep_running(self._loop, "poller", lambda: self._stopping)
 
     async def _loop(self) -> None:
-        while True:
+        # Checked each pass too: a cancellation that redis-py swallows must not keep it going.
+        while not self._stopping:
             free = self.concurrency - len(self._tasks)
             if free <= 0:
                 self._wake.clear()
@@ -257,8 +257,7 @@ class Poller:
                 # Polls in flight reschedule runs and may make one due sooner: wait locally,
                 # and look again within a second for runs other processes tracked.
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=min(wait, 1.0))
+                await wait_event(self._wake, min(wait, 1.0))
             else:
                 await self.store.wait_for_runs(min(wait, IDLE_SLEEP))
 

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from relay.errors import StorageUnavailable
-from relay.loops import keep_running
+from relay.loops import keep_running, wait_event
 
 
 async def test_the_back_off_grows_to_its_cap_and_a_healthy_run_starts_it_afresh() -> None:
@@ -54,3 +54,26 @@ async def test_a_loop_that_returns_is_not_restarted_and_stopping_ends_the_retrie
 
     await keep_running(done, "test", lambda: False)
     assert calls == -1
+
+
+async def test_a_cancellation_that_lands_as_the_event_is_set_is_never_swallowed() -> None:
+    # asyncio.wait_for on 3.11 returns normally here, and a worker loop then never stops.
+    for _ in range(50):
+        event = asyncio.Event()
+        task = asyncio.create_task(wait_event(event, 5.0))
+        await asyncio.sleep(0)
+        event.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert task.cancelled()
+
+
+async def test_wait_event_returns_when_set_or_when_the_time_is_up() -> None:
+    event = asyncio.Event()
+    started = time.monotonic()
+    await wait_event(event, 0.05)
+    assert 0.04 <= time.monotonic() - started < 1.0
+    asyncio.get_running_loop().call_later(0.01, event.set)
+    started = time.monotonic()
+    await wait_event(event, 5.0)
+    assert time.monotonic() - started < 1.0

@@ -120,10 +120,10 @@ class Store(RunsMixin):
         # No health-check PING before each read: a failed blocking read already says as much.
         self.blocking: Any = make_client(settings, url, max_connections=1,
                                          socket_timeout=self.block_seconds + 10,
-                                         health_check_interval=0)
+                                         health_check_interval=0, retries=0)
         self.poll_blocking: Any = make_client(settings, url, max_connections=1,
                                               socket_timeout=self.block_seconds + 10,
-                                              health_check_interval=0)
+                                              health_check_interval=0, retries=0)
         self._retention = max(1, int(settings.event_retention))
         r = self.redis
         self._accept = r.register_script(scripts.ACCEPT)

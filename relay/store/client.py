@@ -134,12 +134,13 @@ async def _waited(gate: asyncio.Semaphore) -> AsyncIterator[None]:
 
 def make_client(settings: Settings, url: str, *, max_connections: int,
                 socket_timeout: float = COMMAND_TIMEOUT,
-                health_check_interval: int = 10) -> Any:
+                health_check_interval: int = 10, retries: int = 2) -> Any:
     """A redis-py asyncio client with a bounded pool, timeouts and reconnect back-off.
 
     The pool blocks (up to POOL_WAIT) when all `REDIS_MAX_CONNECTIONS` are busy: redis-py's
     default pool raises at once instead, which turned ordinary bursts of callbacks into 503s. With
     `REDIS_CLUSTER=true` it is a cluster client that discovers the other nodes from `url`.
+    `retries=0` for blocking reads: closing their connection must end them, not start them again.
     """
     common: dict[str, Any] = dict(
         decode_responses=True,
@@ -149,7 +150,7 @@ def make_client(settings: Settings, url: str, *, max_connections: int,
         # The asyncio Retry class: the sync one looks compatible and silently does not retry.
         # Only a broken connection is retried (Redis restarted): its default also retries
         # timeouts, which made a hung Redis take three socket timeouts to answer.
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 2,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries,
                     supported_errors=(rexc.ConnectionError,)),
     )
     if settings.redis_cluster:
