@@ -98,7 +98,7 @@ def seed(base_url: str) -> dict[str, list[str]]:
 def relay_web(redis_server: RedisServer) -> Iterator[RelayProcess]:
     """A real `relay web` with every provider configured; provider APIs point at a closed port."""
     dead = f"http://127.0.0.1:{free_port()}"
-    env = relay_env(redis_server.url, "fz" + secrets.token_hex(4),
+    env = relay_env(redis_server, "fz" + secrets.token_hex(4),
                     FLORA_WEBHOOK_SECRETS=FLORA_SECRET,
                     BETTERPROMPT_API_KEY="bp-key", BETTERPROMPT_BASE_URL=dead,
                     FLORA_API_KEY="flora-key", FLORA_BASE_URL=dead,

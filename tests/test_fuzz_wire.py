@@ -24,7 +24,7 @@ CAP = 64 * 1024
 
 @pytest.fixture(scope="module")
 def relay_web(redis_server: RedisServer) -> Iterator[RelayProcess]:
-    env = relay_env(redis_server.url, "fw" + secrets.token_hex(4),
+    env = relay_env(redis_server, "fw" + secrets.token_hex(4),
                     FLORA_WEBHOOK_SECRETS=FLORA_SECRET, RELAY_MAX_BODY_BYTES=str(CAP),
                     RELAY_LOG_LEVEL="warning")
     proc = RelayProcess("web", env).start()

@@ -294,7 +294,7 @@ async def test_proxy_variables_in_the_worker_environment_are_ignored(
     via = proxy.url().removesuffix("/hook")
     variables = {name: via for base in ("http_proxy", "https_proxy", "all_proxy")
                  for name in (base, base.upper())}
-    env = {k: v for k, v in relay_env(redis_server.url, prefix, **variables).items()
+    env = {k: v for k, v in relay_env(redis_server, prefix, **variables).items()
            if k.lower() != "no_proxy"}
     worker = RelayProcess("worker", env).start()
     try:

@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 
 from tests.fakes import FakeProvider, Step, bp
-from tests.helpers import RedisServer, RelayProcess, relay_env, wait_until
+from tests.helpers import RedisClusterServer, RedisServer, RelayProcess, relay_env, wait_until
 from tests.test_cli import cli, cli_json
 
 pytestmark = pytest.mark.both_redis
 
 
-def worker_env(redis: RedisServer, prefix: str, fake: FakeProvider, **extra: str
-               ) -> dict[str, str]:
-    return relay_env(redis.url, prefix, BETTERPROMPT_API_KEY="bp-key",
+def worker_env(redis: RedisServer | RedisClusterServer, prefix: str, fake: FakeProvider,
+               **extra: str) -> dict[str, str]:
+    return relay_env(redis, prefix, BETTERPROMPT_API_KEY="bp-key",
                      BETTERPROMPT_BASE_URL=fake.url, RELAY_POLL_MIN_INTERVAL="0.05",
                      RELAY_POLL_MAX_INTERVAL="0.2", **extra)
 

@@ -75,7 +75,7 @@ def test_a_worker_sigkilled_with_deliveries_and_polls_in_flight_loses_nothing(
     there before takes everything over: every event is delivered, every run finishes."""
     # The first ten requests hang longer than the test waits before the kill.
     hold = Subscriber(behaviour=lambda n: (200, {}, 10.0 if n < 10 else 0.0)).start()
-    env = relay_env(redis_server.url, prefix, RELAY_DELIVERY_TIMEOUT="15",
+    env = relay_env(redis_server, prefix, RELAY_DELIVERY_TIMEOUT="15",
                     RELAY_CLAIM_TIMEOUT="4", BETTERPROMPT_API_KEY="bp-key",
                     BETTERPROMPT_BASE_URL=fake.url, RELAY_POLL_MIN_INTERVAL="0.1",
                     RELAY_POLL_MAX_INTERVAL="0.5")
@@ -117,7 +117,7 @@ def test_web_sigterm_lets_in_flight_requests_finish_with_their_real_answers(
     accepting new connections, answers each in-flight callback 200 with the outputs it read,
     and exits 0."""
     provider = FakeProvider().start()
-    env = relay_env(redis_server.url, prefix, FLORA_API_KEY="fl-key", FLORA_BASE_URL=provider.url,
+    env = relay_env(redis_server, prefix, FLORA_API_KEY="fl-key", FLORA_BASE_URL=provider.url,
                     FLORA_WEBHOOK_SECRETS=FLORA_SECRET, FLORA_RATE_LIMIT="100")
     web = RelayProcess("web", env).start()
     try:
@@ -173,7 +173,7 @@ def test_worker_sigterm_stops_claiming_finishes_or_hands_back_in_flight_work_and
     # Request 0 hangs past the shutdown grace; 1-4 take 2 s; everything later answers at once.
     subscriber = Subscriber(behaviour=lambda n: (200, {}, 40.0 if n == 0 else
                                                  2.0 if n < 5 else 0.0)).start()
-    env = relay_env(redis_server.url, prefix, RELAY_DELIVERY_TIMEOUT="30",
+    env = relay_env(redis_server, prefix, RELAY_DELIVERY_TIMEOUT="30",
                     RELAY_CLAIM_TIMEOUT="10", BETTERPROMPT_API_KEY="bp-key",
                     BETTERPROMPT_BASE_URL=fake.url, RELAY_POLL_MIN_INTERVAL="0.1",
                     RELAY_POLL_MAX_INTERVAL="0.5")

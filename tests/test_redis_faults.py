@@ -47,7 +47,7 @@ class Stack:
 
 
 def start_stack(redis_server: RedisServer, **extra: str) -> Stack:
-    env = relay_env(redis_server.url, "faults", **extra)
+    env = relay_env(redis_server, "faults", **extra)
     return Stack(redis_server, RelayProcess("web", env).start(),
                  RelayProcess("worker", env).start())
 

@@ -19,8 +19,9 @@ from relay.store.client import drop_connections, make_client, storage_op
 from relay.store.keys import GROUP, Keys, retry_member, run_member
 from relay.store.paging import Page, page_index
 from relay.store.runs import Claim, RunsMixin
+from relay.store.scripts import Atomic
 
-__all__ = ["Claim", "EventWrite", "Page", "QueueEntry", "Store", "open_store"]
+__all__ = ["Atomic", "Claim", "EventWrite", "Page", "QueueEntry", "Store", "open_store"]
 
 T = TypeVar("T")
 
@@ -132,6 +133,7 @@ class Store(RunsMixin):
         self._promote = r.register_script(scripts.PROMOTE)
         self._requeue = r.register_script(scripts.REQUEUE)
         self._cancel = r.register_script(scripts.CANCEL)
+        self._exec_all = r.register_script(scripts.EXEC_ALL)
         self._register_run_scripts()
 
     async def interrupt_reads(self) -> None:
@@ -140,9 +142,8 @@ class Store(RunsMixin):
         await drop_connections(self.poll_blocking)
 
     async def aclose(self) -> None:
-        await self.redis.aclose()
-        await self.blocking.aclose()
-        await self.poll_blocking.aclose()
+        for client in (self.redis, self.blocking, self.poll_blocking):
+            await client.aclose()
 
     # ---- health -------------------------------------------------------------------------
 
@@ -281,28 +282,31 @@ class Store(RunsMixin):
 
     # ---- subscriptions ------------------------------------------------------------------
 
-    def _bump_version(self, pipe: Any) -> None:
-        """Queue a change of the subscriptions version on `pipe`.
+    def _bump_version(self, tx: Atomic) -> None:
+        """Add a change of the subscriptions version to `tx`.
 
         A missing counter starts at a random value, not 1: after Redis loses its data (restart
         without persistence) a process whose cache read "1" before the loss must not take the
         new "1" for the same set of subscriptions, or events fan out to subscriptions that no
         longer exist and miss the new ones.
         """
-        pipe.set(self.keys.subs_version, secrets.randbits(48), nx=True)
-        pipe.incr(self.keys.subs_version)
+        tx.call("SET", self.keys.subs_version, secrets.randbits(48), "NX")
+        tx.call("INCR", self.keys.subs_version)
+
+    async def run_atomic(self, tx: Atomic) -> list[Any]:
+        return list(await self._exec_all(keys=tx.keys, args=tx.args))
 
     @storage_op
     async def save_subscription(self, sub: Subscription, *, new: bool = False,
                                 reset_failures: bool = False) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.keys.sub(sub.id), mapping=_sub_to_hash(sub))
+        key = self.keys.sub(sub.id)
+        tx = Atomic().call("HSET", key, *(x for pair in _sub_to_hash(sub).items() for x in pair))
         if reset_failures:
-            pipe.hdel(self.keys.sub(sub.id), "fail_since")
+            tx.call("HDEL", key, "fail_since")
         if new:
-            pipe.zadd(self.keys.subs, {sub.id: int(sub.created_at * 1000)})
-        self._bump_version(pipe)
-        await pipe.execute()
+            tx.call("ZADD", self.keys.subs, int(sub.created_at * 1000), sub.id)
+        self._bump_version(tx)
+        await self.run_atomic(tx)
 
     @storage_op
     async def get_subscription(self, sub_id: str) -> Subscription | None:
@@ -311,13 +315,11 @@ class Store(RunsMixin):
 
     @storage_op
     async def delete_subscription(self, sub_id: str) -> bool:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self.keys.sub(sub_id))
-        pipe.zrem(self.keys.subs, sub_id)
+        tx = Atomic().call("DEL", self.keys.sub(sub_id)).call("ZREM", self.keys.subs, sub_id)
         # Its deliveries stay readable for the retention, then the index goes with them.
-        pipe.expire(self.keys.sub_deliveries(sub_id), self._retention)
-        self._bump_version(pipe)
-        deleted, *_ = await pipe.execute()
+        tx.call("EXPIRE", self.keys.sub_deliveries(sub_id), self._retention)
+        self._bump_version(tx)
+        deleted, *_ = await self.run_atomic(tx)
         return bool(deleted)
 
     @storage_op

@@ -12,8 +12,11 @@ from relay.store import scripts
 from relay.store.client import storage_op
 from relay.store.keys import Keys, run_member, split_member
 from relay.store.paging import Page, page_index
+from relay.store.scripts import Atomic
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from relay.config import Settings
     from relay.store import EventWrite
 
@@ -34,6 +37,7 @@ class RunsMixin:
 
     keys: Keys
     settings: Settings
+    run_atomic: Callable[[Atomic], Awaitable[list[Any]]]
     redis: Any
     poll_blocking: Any
     _retention: int
@@ -86,11 +90,9 @@ class RunsMixin:
     async def untrack_run(self, provider: str, run_id: str) -> bool:
         k = self.keys
         member = run_member(provider, run_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(k.run(provider, run_id))
-        pipe.zrem(k.poll_due(provider), member)
-        pipe.zrem(k.runs, member)
-        deleted, _, _ = await pipe.execute()
+        tx = Atomic().call("DEL", k.run(provider, run_id))
+        tx.call("ZREM", k.poll_due(provider), member).call("ZREM", k.runs, member)
+        deleted, _, _ = await self.run_atomic(tx)
         return bool(deleted)
 
     @storage_op

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 # Shared Lua functions, prepended to the scripts that use them.
 _FINISH_RUN = """
 -- End a tracked run: no more polls. It stays readable for the retention, then expires.
@@ -338,3 +340,31 @@ for i = 2, #KEYS do
 end
 return n
 """
+
+# Run the commands packed in ARGV (count, command, arguments..., count, ...) as one atomic step.
+# MULTI/EXEC would do, but redis-py 8.1's cluster client binds a MULTI pipeline's connection
+# to the wrong event loop; a script is atomic on a single Redis and a cluster alike. KEYS lists
+# the keys the commands touch, so a cluster routes the script to their one slot.
+EXEC_ALL = """
+local out, i = {}, 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  out[#out + 1] = redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return out
+"""
+
+
+class Atomic:
+    """Commands collected to run as one Lua step (scripts.EXEC_ALL): MULTI/EXEC, cluster-safe."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.args: list[Any] = []
+
+    def call(self, command: str, key: str, *args: Any) -> Atomic:
+        if key not in self.keys:
+            self.keys.append(key)
+        self.args += [len(args) + 2, command, key, *args]
+        return self
