@@ -167,3 +167,9 @@ def flora_callback(run_id: str, *, kind: str = "run.completed", delivery_id: str
            "data": {"run_id": run_id, "run_type": "technique", "workspace_id": "ws_1",
                     "status": "completed" if kind == "run.completed" else "failed", **data}}
     return json.dumps(doc).encode()
+
+
+def succeeding_betterprompt() -> FakeProvider:
+    """A started fake BetterPrompt on which every run has already succeeded with a text."""
+    return FakeProvider(default=lambda run_id: bp("succeeded", [
+        {"type": "text", "data": f"done {run_id}"}], run_id=run_id)).start()

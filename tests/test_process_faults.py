@@ -12,7 +12,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes import FLORA_SECRET, FakeProvider, Step, bp, flora, flora_callback, flora_signature
+from tests.fakes import (
+    FLORA_SECRET,
+    FakeProvider,
+    Step,
+    bp,
+    flora,
+    flora_callback,
+    flora_signature,
+    succeeding_betterprompt,
+)
 from tests.helpers import (
     RedisServer,
     RelayProcess,
@@ -26,10 +35,18 @@ from tests.test_e2e import send_callback, subscribe
 
 @pytest.fixture
 def fake() -> Iterator[FakeProvider]:
-    provider = FakeProvider(default=lambda run_id: bp("succeeded", [
-        {"type": "text", "data": f"done {run_id}"}], run_id=run_id)).start()
+    provider = succeeding_betterprompt()
     yield provider
     provider.stop()
+
+
+def polling_env(redis_server: RedisServer, prefix: str, fake: FakeProvider, *,
+                delivery_timeout: str, claim_timeout: str) -> dict[str, str]:
+    """Web and worker with BetterPrompt polled against `fake` at a quick pace."""
+    return relay_env(redis_server, prefix, RELAY_DELIVERY_TIMEOUT=delivery_timeout,
+                     RELAY_CLAIM_TIMEOUT=claim_timeout, BETTERPROMPT_API_KEY="bp-key",
+                     BETTERPROMPT_BASE_URL=fake.url, RELAY_POLL_MIN_INTERVAL="0.1",
+                     RELAY_POLL_MAX_INTERVAL="0.5")
 
 
 def track(base_url: str, run_id: str) -> None:
@@ -75,10 +92,7 @@ def test_a_worker_sigkilled_with_deliveries_and_polls_in_flight_loses_nothing(
     there before takes everything over: every event is delivered, every run finishes."""
     # The first ten requests hang longer than the test waits before the kill.
     hold = Subscriber(behaviour=lambda n: (200, {}, 10.0 if n < 10 else 0.0)).start()
-    env = relay_env(redis_server, prefix, RELAY_DELIVERY_TIMEOUT="15",
-                    RELAY_CLAIM_TIMEOUT="4", BETTERPROMPT_API_KEY="bp-key",
-                    BETTERPROMPT_BASE_URL=fake.url, RELAY_POLL_MIN_INTERVAL="0.1",
-                    RELAY_POLL_MAX_INTERVAL="0.5")
+    env = polling_env(redis_server, prefix, fake, delivery_timeout="15", claim_timeout="4")
     web = RelayProcess("web", env).start()
     first = RelayProcess("worker", env).start()
     second: RelayProcess | None = None
@@ -173,10 +187,7 @@ def test_worker_sigterm_stops_claiming_finishes_or_hands_back_in_flight_work_and
     # Request 0 hangs past the shutdown grace; 1-4 take 2 s; everything later answers at once.
     subscriber = Subscriber(behaviour=lambda n: (200, {}, 40.0 if n == 0 else
                                                  2.0 if n < 5 else 0.0)).start()
-    env = relay_env(redis_server, prefix, RELAY_DELIVERY_TIMEOUT="30",
-                    RELAY_CLAIM_TIMEOUT="10", BETTERPROMPT_API_KEY="bp-key",
-                    BETTERPROMPT_BASE_URL=fake.url, RELAY_POLL_MIN_INTERVAL="0.1",
-                    RELAY_POLL_MAX_INTERVAL="0.5")
+    env = polling_env(redis_server, prefix, fake, delivery_timeout="30", claim_timeout="10")
     web = RelayProcess("web", env).start()
     first = RelayProcess("worker", env).start()
     second: RelayProcess | None = None

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from relay.store.keys import GROUP, Keys
-from tests.fakes import FakeProvider, bp
+from tests.fakes import FakeProvider, succeeding_betterprompt
 from tests.helpers import (
     RedisServer,
     RelayProcess,
@@ -117,8 +117,7 @@ def metric(base_url: str, line_start: str) -> float:
 
 @pytest.fixture
 def fake() -> Iterator[FakeProvider]:
-    provider = FakeProvider(default=lambda run_id: bp("succeeded", [
-        {"type": "text", "data": f"done {run_id}"}], run_id=run_id)).start()
+    provider = succeeding_betterprompt()
     yield provider
     provider.stop()
 
