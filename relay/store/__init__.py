@@ -13,9 +13,11 @@ from redis import exceptions as rexc
 
 from relay import clock
 from relay.config import Settings
+from relay.errors import StorageUnavailable
 from relay.models import Subscription, SubscriptionStatus
 from relay.store import scripts
-from relay.store.client import drop_connections, make_client, storage_op
+from relay.store.batching import GroupCommit
+from relay.store.client import POOL_WAIT, drop_connections, make_client, storage_op
 from relay.store.keys import GROUP, Keys, retry_member, run_member
 from relay.store.paging import Page, page_index
 from relay.store.runs import Claim, RunsMixin
@@ -101,6 +103,11 @@ def _sub_from_hash(h: dict[str, str]) -> Subscription:
     )
 
 
+def _writes_ahead_hang() -> StorageUnavailable:
+    return StorageUnavailable("storage is unavailable: Redis has not answered the writes ahead",
+                              reason="timeout")
+
+
 class Store(RunsMixin):
     """Redis-backed storage for one key prefix."""
 
@@ -128,6 +135,10 @@ class Store(RunsMixin):
         self._retention = max(1, int(settings.event_retention))
         r = self.redis
         self._accept = r.register_script(scripts.ACCEPT)
+        self._accept_many = r.register_script(scripts.ACCEPT_MANY)
+        # Concurrent callbacks share one script call; see batching.py.
+        self._accepts: GroupCommit[EventWrite, tuple[int, str]] = GroupCommit(
+            storage_op(self._accept_batch), max_wait=POOL_WAIT, overdue=_writes_ahead_hang)
         self._finish = r.register_script(scripts.FINISH)
         self._defer = r.register_script(scripts.DEFER)
         self._promote = r.register_script(scripts.PROMOTE)
@@ -226,9 +237,21 @@ class Store(RunsMixin):
     async def accept_event(self, w: EventWrite) -> tuple[int, str]:
         """Store an event and queue its deliveries: (1, id) stored, (0, id) duplicate,
         (2, version) when `subs_version` is stale and the caller must re-match."""
-        keys, args = self._accept_parts(w)
-        code, value = await self._accept(keys=keys, args=args)
-        return int(code), str(value)
+        return await self._accepts.submit(w)
+
+    async def _accept_batch(self, writes: list[EventWrite]) -> list[tuple[int, str]]:
+        if len(writes) == 1:
+            keys, args = self._accept_parts(writes[0])
+            code, value = await self._accept(keys=keys, args=args)
+            return [(int(code), str(value))]
+        all_keys: list[str] = []
+        all_args: list[Any] = []
+        for w in writes:
+            keys, args = self._accept_parts(w)
+            all_keys += keys
+            all_args += [len(keys), len(args), *args]
+        flat = await self._accept_many(keys=all_keys, args=all_args)
+        return [(int(flat[i]), str(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     @storage_op
     async def get_event(self, event_id: str) -> dict[str, str] | None:

@@ -90,6 +90,20 @@ ACCEPT = _ACCEPT_FN + """
 return accept(KEYS, ARGV)
 """
 
+# Many accept() calls in one script: the group commit of concurrent callbacks (batching.py).
+ACCEPT_MANY = _ACCEPT_FN + """
+-- KEYS: each event's accept() keys in turn. ARGV: per event, its key count, its argument
+-- count, then its accept() arguments. Returns code and value per event, flattened.
+local out, k, a = {}, 1, 1
+while a <= #ARGV do
+  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local r = accept({unpack(KEYS, k, k + nk - 1)}, {unpack(ARGV, a + 2, a + 1 + na)})
+  out[#out + 1], out[#out + 2] = r[1], r[2]
+  k, a = k + nk, a + 2 + na
+end
+return out
+"""
+
 TRACK = """
 -- Start tracking a run, or leave the existing one as it is (idempotent).
 -- KEYS: run hash, runs index, provider's poll schedule, the run's terminal dedupe key, wake list
