@@ -8,7 +8,7 @@ import os
 import random
 import secrets
 import socket
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 import structlog
@@ -37,6 +37,8 @@ PARK_MIN = 1.0
 # ...and at most this long, so that a subscriber that recovers gets its parked backlog within
 # minutes (in step with the retry schedule's second delay) rather than at its hung pace.
 PARK_MAX = 300.0
+# Longest a delivery read for a busy subscriber may wait in memory for one of its slots.
+HOLD_WAIT = 0.25
 
 
 def consumer_name() -> str:
@@ -90,6 +92,11 @@ class DeliveryWorker:
         self._attempt_seconds: dict[str, float] = {}  # moving average, per subscription
         self._park_next: dict[str, float] = {}
         self._busy_since: dict[str, float] = {}  # since when a subscription has had attempts
+        # Deliveries read for a subscription at its slot limit, started as its slots free, so a
+        # fast subscriber's backlog waits in memory for a slot rather than being parked for a
+        # second; see _may_hold. The others are parked (see _park_due).
+        self._held: dict[str, deque[tuple[QueueEntry, dict[str, str], str]]] = {}
+        self._held_count = 0
 
     # ---- loops --------------------------------------------------------------------------
 
@@ -125,6 +132,12 @@ class DeliveryWorker:
 
     async def drain(self, grace: float) -> None:
         """Wait for in-flight attempts; cancel what is left and hand it back to the queue."""
+        held = [(entry, clock.now_ms()) for q in self._held.values() for entry, _, _ in q]
+        self._held.clear()
+        self._held_count = 0
+        if held:
+            with contextlib.suppress(Exception):
+                await self.store.defer(held)
         if not self._tasks:
             return
         _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
@@ -169,10 +182,10 @@ class DeliveryWorker:
             await asyncio.sleep(MAINTENANCE_EVERY)
 
     async def _free_slots(self) -> int:
-        while len(self._tasks) >= self.concurrency:
+        while len(self._tasks) + self._held_count >= self.concurrency:
             self._slot_free.clear()
             await self._slot_free.wait()
-        return self.concurrency - len(self._tasks)
+        return self.concurrency - len(self._tasks) - self._held_count
 
     # ---- one pass, for tests and the CLI ------------------------------------------------
 
@@ -189,7 +202,8 @@ class DeliveryWorker:
             entries = await self.store.read_queue(self.name, 200, 0)
             if not entries:
                 break
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._tasks:  # a finished attempt starts the next held one
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         return started
 
     # ---- attempts -----------------------------------------------------------------------
@@ -223,20 +237,65 @@ class DeliveryWorker:
                 await self.store.finish(entry, sub_id=delivery["sub"], outcome="cancel",
                                         attempt=None)
                 continue
+            started.add(entry.entry_id)
             if self._by_sub[sub.id] >= self.per_subscription:
+                if self._may_hold(sub.id):
+                    self._held.setdefault(sub.id, deque()).append((entry, delivery, body))
+                    self._held_count += 1
+                    continue
                 # This subscriber is slow: park the delivery instead of taking a slot every
                 # other subscriber needs. No attempt is counted.
+                started.discard(entry.entry_id)
                 parked.append((entry, int(self._park_due(sub.id) * 1000)))
                 continue
-            self._by_sub[sub.id] += 1
-            self._busy_since.setdefault(sub.id, clock.now())
-            task = asyncio.create_task(self._attempt(entry, delivery, body, sub))
-            started.add(entry.entry_id)
-            self._tasks.add(task)
-            task.add_done_callback(self._finished)
+            self._start(entry, delivery, body, sub)
         if parked:
             await self.store.defer(parked)
             self._note_retry(min(due for _, due in parked) / 1000)
+
+    def _start(self, entry: QueueEntry, delivery: dict[str, str], body: str,
+               sub: Subscription) -> None:
+        self._by_sub[sub.id] += 1
+        self._busy_since.setdefault(sub.id, clock.now())
+        task = asyncio.create_task(self._attempt(entry, delivery, body, sub))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _may_hold(self, sub_id: str) -> bool:
+        """Hold one more for `sub_id` when its slots will take it within HOLD_WAIT: sooner
+        than a parked delivery could come back. Until its attempt time is known, up to as many
+        as it has slots. What the worker holds counts against its concurrency, so the reads
+        stop before it holds more than that."""
+        held = len(self._held.get(sub_id, ()))
+        seconds = self._attempt_seconds.get(sub_id)
+        if seconds is None:
+            return held < self.per_subscription
+        return (held + 1) * seconds / self.per_subscription < HOLD_WAIT
+
+    def _start_held(self, sub_id: str) -> None:
+        """A slot of `sub_id` is free: start its next held delivery, if any."""
+        held = self._held.get(sub_id)
+        if not held or self._stopping:
+            return
+        entry, delivery, body = held.popleft()
+        self._held_count -= 1
+        if not held:
+            del self._held[sub_id]
+        sub = self.relay.subs.subs.get(sub_id)
+        if sub is None or sub.status is not SubscriptionStatus.ENABLED:
+            # Disabled or deleted while it waited: settle it and whatever else is held for it.
+            rest = [entry] + [e for e, _, _ in self._held.pop(sub_id, ())]
+            self._held_count -= len(rest) - 1
+            task = asyncio.create_task(self._cancel_held(rest, sub_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
+            return
+        self._start(entry, delivery, body, sub)
+
+    async def _cancel_held(self, entries: list[QueueEntry], sub_id: str) -> None:
+        with contextlib.suppress(StorageUnavailable):  # taken over after the claim timeout
+            for entry in entries:
+                await self.store.finish(entry, sub_id=sub_id, outcome="cancel", attempt=None)
 
     def _park_due(self, sub_id: str) -> float:
         """When a parked delivery is read again: one slot-time after the one parked before it.
@@ -292,6 +351,7 @@ class DeliveryWorker:
             if self._by_sub[sub.id] <= 0:
                 del self._by_sub[sub.id]
                 self._busy_since.pop(sub.id, None)
+            self._start_held(sub.id)
 
     async def _attempt_inner(
         self, entry: QueueEntry, delivery: dict[str, str], body: str, sub: Subscription

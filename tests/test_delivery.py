@@ -417,3 +417,22 @@ async def test_worker_stops_promptly_with_deliveries_in_flight(
     finally:
         await outbound.aclose()
         slow.stop()
+
+
+async def test_a_fast_subscribers_backlog_beyond_its_slots_waits_in_memory_not_parked(
+        client: httpx.AsyncClient, relay: Relay, store: Store, subscriber: Subscriber) -> None:
+    """60 deliveries read at once for a subscriber with 4 slots and 1 ms attempts: all of them
+    go out in one pass, the 56 beyond its slots started as slots free. Parked, they would sit
+    in the retry set for a second (and one pass would deliver 8)."""
+    sub = await subscribe(client, subscriber.url)
+    for i in range(60):
+        await callback(client, f"run-held-{i}")
+    outbound = Outbound(allow_private=True)
+    try:
+        worker = DeliveryWorker(relay, outbound, name="w-held", per_subscription=4)
+        worker._attempt_seconds[sub["id"]] = 0.001  # as measured by its earlier attempts
+        assert await worker.run_once() == 60
+        assert len(subscriber.received) == 60
+        assert (await store.depths())["scheduled_retries"] == 0
+    finally:
+        await outbound.aclose()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from redis import exceptions as rexc
 
@@ -18,35 +18,17 @@ from relay.models import Subscription, SubscriptionStatus
 from relay.store import scripts
 from relay.store.batching import GroupCommit
 from relay.store.client import POOL_WAIT, drop_connections, make_client, storage_op
-from relay.store.keys import GROUP, Keys, retry_member, run_member
+from relay.store.keys import GROUP, Keys, run_member
 from relay.store.paging import Page, page_index
+from relay.store.queue import Finish, QueueEntry, QueueMixin
 from relay.store.runs import Claim, RunsMixin
 from relay.store.scripts import Atomic
 
 __all__ = ["Atomic", "Claim", "EventWrite", "Page", "QueueEntry", "Store", "open_store"]
 
-T = TypeVar("T")
 
 # Providers whose runs have their own event index, for `run_id` lookups without a provider.
 PROVIDERS = ("runflow", "betterprompt", "flora", "relay")
-
-# Attempts kept per delivery; a subscriber retried for days would otherwise grow without bound.
-ATTEMPT_LOG_CAP = 50
-
-
-@dataclass(frozen=True)
-class QueueEntry:
-    """A delivery handed to this worker by the queue."""
-
-    entry_id: str
-    delivery_id: str
-    event_id: str
-    generation: str = "0"
-
-    @property
-    def retry_member(self) -> str:
-        return retry_member(self.delivery_id, self.event_id, self.generation)
-
 
 @dataclass(frozen=True)
 class EventWrite:
@@ -108,7 +90,7 @@ def _writes_ahead_hang() -> StorageUnavailable:
                               reason="timeout")
 
 
-class Store(RunsMixin):
+class Store(QueueMixin, RunsMixin):
     """Redis-backed storage for one key prefix."""
 
     # Longest a queue read blocks; an idle worker sends one read per this many seconds.
@@ -140,6 +122,10 @@ class Store(RunsMixin):
         self._accepts: GroupCommit[EventWrite, tuple[int, str]] = GroupCommit(
             storage_op(self._accept_batch), max_wait=POOL_WAIT, overdue=_writes_ahead_hang)
         self._finish = r.register_script(scripts.FINISH)
+        self._finish_many = r.register_script(scripts.FINISH_MANY)
+        self._finishes: GroupCommit[Finish, str] = GroupCommit(
+            storage_op(self._finish_batch), max_wait=POOL_WAIT, overdue=_writes_ahead_hang)
+        self._load = r.register_script(scripts.LOAD)
         self._defer = r.register_script(scripts.DEFER)
         self._promote = r.register_script(scripts.PROMOTE)
         self._requeue = r.register_script(scripts.REQUEUE)
@@ -388,112 +374,6 @@ class Store(RunsMixin):
             keys = [k.retry] + [k.delivery(i) for i in ids]
             args = [now, *ids]
             total += int(await self._cancel(keys=keys, args=args))
-
-    # ---- deliveries: the queue ----------------------------------------------------------
-
-    async def _with_group(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run a consumer-group command, recreating the group if Redis lost it (restart
-        without persistence answers NOGROUP; Svix workers spun forever on exactly that)."""
-        try:
-            return await call()
-        except rexc.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            await self.ensure_groups()
-            return await call()
-
-    @storage_op
-    async def read_queue(self, consumer: str, count: int, block_ms: int) -> list[QueueEntry]:
-        """Wait up to `block_ms` for new deliveries and claim up to `count` of them."""
-
-        async def call() -> Any:
-            return await self.blocking.xreadgroup(
-                GROUP, consumer, {self.keys.queue: ">"}, count=count, block=block_ms or None
-            )
-
-        answer = await self._with_group(call)
-        return [
-            QueueEntry(entry_id, fields["d"], fields["e"], fields.get("g", "0"))
-            for _stream, entries in (answer or [])
-            for entry_id, fields in entries
-            if fields
-        ]
-
-    @storage_op
-    async def reclaim(self, consumer: str, min_idle_ms: int, count: int = 100) -> list[QueueEntry]:
-        """Take over deliveries that a dead or stuck worker has held for `min_idle_ms`."""
-
-        async def call() -> Any:
-            return await self.redis.xautoclaim(
-                self.keys.queue, GROUP, consumer, min_idle_ms, "0-0", count=count
-            )
-
-        answer = await self._with_group(call)
-        return [QueueEntry(i, f["d"], f["e"], f.get("g", "0")) for i, f in answer[1] if f]
-
-    @storage_op
-    async def load_for_attempt(
-        self, entries: list[QueueEntry]
-    ) -> tuple[str, list[tuple[dict[str, str], str | None]]]:
-        """The subscriptions version, then each entry's delivery hash and event body."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.get(self.keys.subs_version)
-        for e in entries:
-            pipe.hgetall(self.keys.delivery(e.delivery_id))
-            pipe.hget(self.keys.event(e.event_id), "body")
-        rows = await pipe.execute()
-        version = rows[0] or "0"
-        return version, [(rows[1 + 2 * i], rows[2 + 2 * i]) for i in range(len(entries))]
-
-    @storage_op
-    async def finish(
-        self,
-        entry: QueueEntry,
-        *,
-        sub_id: str,
-        outcome: str,
-        attempt: dict[str, Any] | None,
-        next_due_ms: int = 0,
-    ) -> str:
-        """Record an attempt and settle the delivery; returns its new status."""
-        k = self.keys
-        status = await self._finish(
-            keys=[k.delivery(entry.delivery_id), k.attempts(entry.delivery_id), k.queue,
-                  k.retry, k.dead, k.sub(sub_id), k.subs_version],
-            args=[entry.entry_id, entry.retry_member, outcome,
-                  json.dumps(attempt, separators=(",", ":")) if attempt else "", clock.now_ms(),
-                  next_due_ms, self._retention, int(self.settings.disable_after * 1000),
-                  ATTEMPT_LOG_CAP, entry.generation],
-        )
-        return str(status)
-
-    @storage_op
-    async def defer(self, parked: list[tuple[QueueEntry, int]]) -> None:
-        """Put entries back in the retry set, each due at its ms time, in one step."""
-        if not parked:
-            return
-        args: list[str | int] = []
-        for entry, due_ms in parked:
-            args += [entry.entry_id, entry.retry_member, due_ms]
-        await self._defer(keys=[self.keys.queue, self.keys.retry], args=args)
-
-    @storage_op
-    async def promote_due(self, limit: int = 1000) -> tuple[int, float | None]:
-        """Queue due retries; returns how many moved and when the next one is due (seconds)."""
-        moved, head = await self._promote(
-            keys=[self.keys.retry, self.keys.queue], args=[clock.now_ms(), limit]
-        )
-        return int(moved), (float(head) / 1000 if head else None)
-
-    @storage_op
-    async def requeue(self, delivery_id: str) -> str | None:
-        """Queue a delivery now with a fresh retry schedule; returns its previous status."""
-        k = self.keys
-        previous = await self._requeue(
-            keys=[k.delivery(delivery_id), k.queue, k.retry, k.dead],
-            args=[delivery_id, clock.now_ms()],
-        )
-        return str(previous) if previous else None
 
     # ---- deliveries: reading ------------------------------------------------------------
 

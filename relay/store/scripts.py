@@ -235,64 +235,96 @@ redis.call('LTRIM', KEYS[5], -8, -1)
 return {1, ARGV[3]}
 """
 
-FINISH = """
+_FINISH_FN = """
 -- Record one attempt and move the delivery to its next state, releasing the queue entry.
 -- KEYS: delivery, attempt log, queue, retry set, dead set, subscription, subscriptions version
 -- ARGV: stream entry id, retry member, outcome (ok|retry|dead|cancel|gone), attempt JSON,
 --       now ms, next due ms, retention s, disable-after ms, attempt log cap, entry generation
 -- The subscription is disabled here, in the same step, when it has failed for longer than
 -- RELAY_DISABLE_AFTER or answered 410 (outcome 'gone'). Returns the delivery's new status.
-redis.call('XACK', KEYS[3], 'delivery', ARGV[1])
-redis.call('XDEL', KEYS[3], ARGV[1])
-local st = redis.call('HGET', KEYS[1], 'st')
-if not st then return 'expired' end
--- An empty attempt means none was made (subscription gone, event expired): nothing to log.
-if ARGV[4] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[4])
-  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[9]), -1)
-  redis.call('EXPIRE', KEYS[2], ARGV[7])
-  redis.call('HINCRBY', KEYS[1], 'n', 1)
-end
--- A delivery another worker already finished (after a takeover) never moves backwards, and
--- an entry from before a manual requeue (an older generation) no longer decides its state.
-if st ~= 'pending' or redis.call('HGET', KEYS[1], 'g') ~= ARGV[10] then return st end
-local out, now = ARGV[3], ARGV[5]
-local sub_alive = redis.call('EXISTS', KEYS[6]) == 1
-local new = 'pending'
-if out == 'ok' then
-  new = 'succeeded'
-  if sub_alive then redis.call('HDEL', KEYS[6], 'fail_since') end
-elseif out == 'cancel' then
-  new = 'cancelled'
-elseif out == 'gone' then
-  new = 'cancelled'
-  if sub_alive and redis.call('HGET', KEYS[6], 'status') == 'enabled' then
-    redis.call('HSET', KEYS[6], 'status', 'disabled', 'disabled_reason',
-      'the endpoint answered 410 Gone', 'updated_at', now)
-    redis.call('INCR', KEYS[7])
+local function finish(K, A)
+  redis.call('XACK', K[3], 'delivery', A[1])
+  redis.call('XDEL', K[3], A[1])
+  local st = redis.call('HGET', K[1], 'st')
+  if not st then return 'expired' end
+  -- An empty attempt means none was made (subscription gone, event expired): nothing to log.
+  if A[4] ~= '' then
+    redis.call('RPUSH', K[2], A[4])
+    redis.call('LTRIM', K[2], -tonumber(A[9]), -1)
+    redis.call('EXPIRE', K[2], A[7])
+    redis.call('HINCRBY', K[1], 'n', 1)
   end
-else
-  if out == 'dead' then new = 'dead' end
-  if sub_alive then
-    redis.call('HSETNX', KEYS[6], 'fail_since', now)
-    local since = tonumber(redis.call('HGET', KEYS[6], 'fail_since'))
-    if tonumber(now) - since >= tonumber(ARGV[8])
-        and redis.call('HGET', KEYS[6], 'status') == 'enabled' then
-      redis.call('HSET', KEYS[6], 'status', 'disabled', 'disabled_reason',
-        'failing with no success for longer than RELAY_DISABLE_AFTER', 'updated_at', now)
-      redis.call('INCR', KEYS[7])
-      new = 'cancelled'
+  -- A delivery another worker already finished (after a takeover) never moves backwards, and
+  -- an entry from before a manual requeue (an older generation) no longer decides its state.
+  if st ~= 'pending' or redis.call('HGET', K[1], 'g') ~= A[10] then return st end
+  local out, now = A[3], A[5]
+  local sub_alive = redis.call('EXISTS', K[6]) == 1
+  local new = 'pending'
+  if out == 'ok' then
+    new = 'succeeded'
+    if sub_alive then redis.call('HDEL', K[6], 'fail_since') end
+  elseif out == 'cancel' then
+    new = 'cancelled'
+  elseif out == 'gone' then
+    new = 'cancelled'
+    if sub_alive and redis.call('HGET', K[6], 'status') == 'enabled' then
+      redis.call('HSET', K[6], 'status', 'disabled', 'disabled_reason',
+        'the endpoint answered 410 Gone', 'updated_at', now)
+      redis.call('INCR', K[7])
+    end
+  else
+    if out == 'dead' then new = 'dead' end
+    if sub_alive then
+      redis.call('HSETNX', K[6], 'fail_since', now)
+      local since = tonumber(redis.call('HGET', K[6], 'fail_since'))
+      if tonumber(now) - since >= tonumber(A[8])
+          and redis.call('HGET', K[6], 'status') == 'enabled' then
+        redis.call('HSET', K[6], 'status', 'disabled', 'disabled_reason',
+          'failing with no success for longer than RELAY_DISABLE_AFTER', 'updated_at', now)
+        redis.call('INCR', K[7])
+        new = 'cancelled'
+      end
     end
   end
+  redis.call('HSET', K[1], 'st', new, 'up', now)
+  if new == 'pending' then
+    redis.call('HSET', K[1], 'next', A[6])
+    redis.call('ZADD', K[4], A[6], A[2])
+  elseif new == 'dead' then
+    redis.call('ZADD', K[5], now, A[2])
+  end
+  return new
 end
-redis.call('HSET', KEYS[1], 'st', new, 'up', now)
-if new == 'pending' then
-  redis.call('HSET', KEYS[1], 'next', ARGV[6])
-  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[2])
-elseif new == 'dead' then
-  redis.call('ZADD', KEYS[5], now, ARGV[2])
+"""
+
+FINISH = _FINISH_FN + """
+-- KEYS and ARGV: as finish() above.
+return finish(KEYS, ARGV)
+"""
+
+# Many finish() calls in one script: concurrent attempts settle together (batching.py).
+FINISH_MANY = _FINISH_FN + """
+-- KEYS: each attempt's finish() keys in turn. ARGV: per attempt, its key count, its argument
+-- count, then its finish() arguments. Returns each delivery's new status.
+local out, k, a = {}, 1, 1
+while a <= #ARGV do
+  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  out[#out + 1] = finish({unpack(KEYS, k, k + nk - 1)}, {unpack(ARGV, a + 2, a + 1 + na)})
+  k, a = k + nk, a + 2 + na
 end
-return new
+return out
+"""
+
+LOAD = """
+-- What a worker needs to attempt deliveries, in one call. KEYS: subscriptions version, then
+-- (delivery hash, event hash) per delivery. Returns the version, then per delivery its hash
+-- as a flat field/value list and the event's body (false when it has expired).
+local out = {redis.call('GET', KEYS[1]) or '0'}
+for i = 2, #KEYS, 2 do
+  out[#out + 1] = redis.call('HGETALL', KEYS[i])
+  out[#out + 1] = redis.call('HGET', KEYS[i + 1], 'body')
+end
+return out
 """
 
 DEFER = """
