@@ -22,7 +22,7 @@ from relay.bench.report import Row, median, verdict
 from relay.delivery import DeliveryWorker
 
 # The slots one worker gives one subscription (DeliveryWorker's default per_subscription).
-CONCURRENCY = int(DeliveryWorker.__init__.__kwdefaults__["per_subscription"])
+CONCURRENCY = int((DeliveryWorker.__init__.__kwdefaults__ or {})["per_subscription"])
 TARGET_RATE = 4000.0
 TARGET_RATIO = 0.33
 
