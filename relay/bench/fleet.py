@@ -213,8 +213,8 @@ class Fleet:
         self.wait_for_sink(total, timeout, "warm-up deliveries", interval=0.05)
 
 
-def start_fleet(children: Children, workdir: Path, extra_env: dict[str, str] | None = None
-                ) -> Fleet:
+def start_fleet(children: Children, workdir: Path, extra_env: dict[str, str] | None = None,
+                runflow_secret: str | None = None) -> Fleet:
     """redis-server (AOF everysec) and the sink; no relay process yet."""
     redis, redis_url = start_redis(children, redis_binary(), workdir / "redis")
     port = free_port()
@@ -222,7 +222,7 @@ def start_fleet(children: Children, workdir: Path, extra_env: dict[str, str] | N
                           clean_env())
     sink_url = f"http://127.0.0.1:{port}"
     wait_until(http_ready(f"{sink_url}/count", sink), 30, "sink")
-    secret = "runflow_bench_" + secrets.token_hex(16)
+    secret = runflow_secret or "runflow_bench_" + secrets.token_hex(16)
     env = relay_env(redis_url, "bench-" + secrets.token_hex(16), secret, extra_env)
     return Fleet(children, redis, redis_url, sink, sink_url, env, secret)
 
