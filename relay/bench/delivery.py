@@ -35,6 +35,9 @@ class Drain:
     events_per_second: float = 0.0
     seconds: float = 0.0
     cpu_us_per_event: float = 0.0  # all workers' CPU from the first arrival to the last
+    # Redis work per event over the whole drain: commands (inside Lua included), script calls.
+    redis_commands_per_event: float = 0.0
+    redis_scripts_per_event: float = 0.0
     problems: list[str] = field(default_factory=list)
 
 
@@ -42,6 +45,7 @@ def drain(fleet: Fleet, events: int, workers: int, timeout: float) -> Drain:
     """Start `workers` workers on a stored backlog of `events` and time it to the sink."""
     out = Drain(workers, events)
     fleet.sink_reset()
+    stats0 = fleet.redis_stats()
     started = [fleet.start_worker() for _ in range(workers)]
     try:
         first = fleet.wait_for_sink(1, 60, "the first delivery", interval=0.005)
@@ -52,6 +56,11 @@ def drain(fleet: Fleet, events: int, workers: int, timeout: float) -> Drain:
         out.arrived = fleet.sink_count()["count"]
     finally:
         fleet.stop_workers()
+    stats1 = fleet.redis_stats()
+    out.redis_commands_per_event = round(
+        (stats1["commands"] - stats0["commands"]) / max(events, 1), 2)
+    out.redis_scripts_per_event = round(
+        (stats1.get("evalsha", 0) - stats0.get("evalsha", 0)) / max(events, 1), 2)
     seconds = (doc["last_ns"] - doc["first_ns"]) / 1e9
     out.seconds = round(seconds, 3)
     out.events_per_second = round((doc["count"] - 1) / seconds, 1) if seconds > 0 else 0.0
@@ -156,7 +165,10 @@ def rows(doc: dict[str, Any]) -> list[Row]:
              "subscription (the sink); runs: " + " / ".join(
                  f"{r['worker']['events_per_second']:,.0f}" for r in runs) + " ev/s",
              f"CPU per event: worker {med['worker_cpu_us_per_event']:.0f} us, plain loop "
-             f"{med['plain_cpu_us_per_event']:.0f} us"]
+             f"{med['plain_cpu_us_per_event']:.0f} us; Redis per event (worker): "
+             + " / ".join(f"{r['worker']['redis_scripts_per_event']:.2f} scripts, "
+                          f"{r['worker']['redis_commands_per_event']:.1f} commands"
+                          for r in runs)]
     notes.extend(f"run {i + 1}: {p}" for i, r in enumerate(runs) for p in r["problems"])
     notes.extend(_log_notes(runs))
     valid = verdict(med["valid"])
