@@ -28,6 +28,8 @@ class Row:
     p99: str = ""
     valid: str = ""
     notes: list[str] = field(default_factory=list)
+    target: str = ""  # where the issue sets one
+    met: str = ""
 
 
 def ms(value: float) -> str:
@@ -48,14 +50,14 @@ def verdict(ok: bool) -> str:
 
 def table(title: str, rows: list[Row]) -> str:
     """A plain-text table; notes go on continuation lines under their row."""
-    head = Row("measurement", "rate", "p50", "p99", "valid")
-    cells = [[r.name, r.rate, r.p50, r.p99, r.valid] for r in (head, *rows)]
-    widths = [max(len(c[i]) for c in cells) for i in range(5)]
+    head = Row("measurement", "rate", "p50", "p99", "valid", target="target", met="met")
+    cells = [[r.name, r.rate, r.p50, r.p99, r.valid, r.target, r.met] for r in (head, *rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(7)]
+    right = (False, True, True, True, False, False, False)
 
     def line(values: list[str]) -> str:
-        name, rate, p50, p99, valid = values
-        return "  ".join([name.ljust(widths[0]), rate.rjust(widths[1]), p50.rjust(widths[2]),
-                          p99.rjust(widths[3]), valid.ljust(widths[4])]).rstrip()
+        return "  ".join(v.rjust(w) if r else v.ljust(w)
+                         for v, w, r in zip(values, widths, right, strict=True)).rstrip()
 
     out = [title, "", line(cells[0]), "  ".join("-" * w for w in widths)]
     for row, values in zip(rows, cells[1:], strict=True):

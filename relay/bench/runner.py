@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relay.bench import e2e, payloads, wrk
+from relay.bench import e2e, payloads, suite, wrk
 from relay.bench.procs import Children, CpuWindow, cpu_busy
 from relay.bench.report import Row, median, ms, rps, table, us_as_ms, verdict
 from relay.bench.stacks import CALLBACK_PATH, Stack, pause_for_quiet, start_baseline, start_relay
@@ -40,6 +40,15 @@ class Config:
     relay_env: dict[str, str] = field(default_factory=dict)
     # Lines in the request file per second of wrk duration: well above what one process takes.
     lines_per_second: int = 25_000
+    only: tuple[str, ...] = suite.SECTIONS
+    delivery_events: int = 20_000
+    fanout_subscriptions: int = 100
+    fanout_repeats: int = 10
+    memory_events: int = 100_000
+    soak_seconds: float = 600.0
+    polling_runs: int = 10_000
+    polling_rate: float = 2_000.0
+    polling_window: float = 10.0
 
 
 @dataclass
@@ -120,9 +129,27 @@ def _ingest_once(kind: str, cfg: Config, children: Children, workdir: Path, secr
 
 def run_all(cfg: Config, children: Children, workdir: Path,
             progress: Progress = stderr_progress) -> dict[str, Any]:
-    """Every measurement; the raw results as one JSON-able document."""
+    """Every selected measurement; the raw results as one JSON-able document."""
     busy_at_start = cpu_busy()
     secret = "runflow_bench_" + secrets.token_hex(16)
+    body_bytes = 0
+    ingest: dict[str, list[IngestRun]] = {}
+    if "ingest" in cfg.only:
+        body_bytes, ingest = _ingest_section(cfg, children, workdir, secret, progress)
+    e2e_runs: list[e2e.E2EResult] = []
+    e2e_problems: dict[str, list[str]] = {}
+    if "e2e" in cfg.only:
+        e2e_runs, e2e_problems = _e2e_section(cfg, children, workdir, secret, progress)
+    doc = _document(cfg, body_bytes, ingest, e2e_runs, e2e_problems)
+    doc.update(suite.run_extra(cfg, children, workdir, progress))
+    doc["valid"] = doc["valid"] and suite.valid(doc)
+    doc["machine"]["cpu_busy_before_start"] = busy_at_start
+    doc["forced_kills"] = list(children.forced)
+    return doc
+
+
+def _ingest_section(cfg: Config, children: Children, workdir: Path, secret: str,
+                    progress: Progress) -> tuple[int, dict[str, list[IngestRun]]]:
     requests_file = workdir / "requests.tsv"
     lines = max(5_000, int(cfg.lines_per_second * cfg.duration))
     progress(f"writing {lines:,} signed callbacks to {requests_file}")
@@ -141,7 +168,11 @@ def run_all(cfg: Config, children: Children, workdir: Path,
                      f"p99 {us_as_ms(run.wrk.p99_us)}"
                      + "".join(f"; {p}" for p in run.problems()))
     requests_file.unlink()
+    return body_bytes, ingest
 
+
+def _e2e_section(cfg: Config, children: Children, workdir: Path, secret: str,
+                 progress: Progress) -> tuple[list[e2e.E2EResult], dict[str, list[str]]]:
     progress(f"end to end: {cfg.rate:g} callbacks/s for {cfg.e2e_seconds:g} s, "
              f"{cfg.runs} run(s) on one stack")
     e2e_runs: list[e2e.E2EResult] = []
@@ -158,10 +189,7 @@ def run_all(cfg: Config, children: Children, workdir: Path,
         e2e_problems = stack.log_problems()
     finally:
         stack.stop(children)
-    doc = _document(cfg, body_bytes, ingest, e2e_runs, e2e_problems)
-    doc["machine"]["cpu_busy_before_start"] = busy_at_start
-    doc["forced_kills"] = list(children.forced)
-    return doc
+    return e2e_runs, e2e_problems
 
 
 def _ingest_summary(runs: list[IngestRun]) -> dict[str, Any]:
@@ -176,36 +204,63 @@ def _ingest_summary(runs: list[IngestRun]) -> dict[str, Any]:
 def _document(cfg: Config, body_bytes: int, ingest: dict[str, list[IngestRun]],
               e2e_runs: list[e2e.E2EResult], e2e_problems: dict[str, list[str]]
               ) -> dict[str, Any]:
-    summaries = {k: _ingest_summary(runs) for k, runs in ingest.items()}
-    base = summaries["baseline"]["rps"]
-    e2e_summary = {
-        "p50_ms": median([r.p50_ms for r in e2e_runs]),
-        "p99_ms": median([r.p99_ms for r in e2e_runs]),
-        "answer_p50_ms": median([r.answer_p50_ms for r in e2e_runs]),
-        "valid": all(r.valid for r in e2e_runs),
-    }
-    valid = all(s["valid"] for s in summaries.values()) and e2e_summary["valid"]
-    return {
+    doc: dict[str, Any] = {
         "config": asdict(cfg),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "callback_body_bytes": body_bytes,
-        "ingest": {k: {"runs": [r.as_dict() for r in runs], "median": summaries[k]}
-                   for k, runs in ingest.items()},
-        "relay_over_baseline": {
-            k: (summaries[k]["rps"] / base if base else None)
-            for k in summaries if k != "baseline"
-        },
-        "e2e": {"runs": [r.as_dict() for r in e2e_runs], "median": e2e_summary,
-                "log_problems": e2e_problems},
-        "valid": valid,
+        "sections": [s for s in suite.SECTIONS if s in cfg.only],
+        "valid": True,
     }
+    if ingest:
+        summaries = {k: _ingest_summary(runs) for k, runs in ingest.items()}
+        base = summaries["baseline"]["rps"]
+        doc["callback_body_bytes"] = body_bytes
+        doc["ingest"] = {k: {"runs": [r.as_dict() for r in runs], "median": summaries[k]}
+                         for k, runs in ingest.items()}
+        doc["relay_over_baseline"] = {k: (summaries[k]["rps"] / base if base else None)
+                                      for k in summaries if k != "baseline"}
+        doc["valid"] = all(s["valid"] for s in summaries.values())
+    if e2e_runs:
+        e2e_summary = {
+            "p50_ms": median([r.p50_ms for r in e2e_runs]),
+            "p99_ms": median([r.p99_ms for r in e2e_runs]),
+            "answer_p50_ms": median([r.answer_p50_ms for r in e2e_runs]),
+            "valid": all(r.valid for r in e2e_runs),
+        }
+        doc["e2e"] = {"runs": [r.as_dict() for r in e2e_runs], "median": e2e_summary,
+                      "log_problems": e2e_problems}
+        doc["valid"] = doc["valid"] and e2e_summary["valid"]
+    return doc
 
 
 def render(doc: dict[str, Any]) -> str:
     """The table printed at the end of a run."""
     cfg = doc["config"]
+    rows = _ingest_rows(doc) if "ingest" in doc else []
+    if "e2e" in doc:
+        rows.append(_e2e_row(doc))
+    single = doc["ingest"]["relay"]["median"]["rps"] if "ingest" in doc else None
+    rows.extend(suite.rows(doc, single))
+    title = (f"relay.bench: {doc['machine']['cpus']} CPUs, Python {doc['machine']['python']}, "
+             f"median of {cfg['runs']} run(s), each section on a fresh redis (AOF everysec)")
+    if "ingest" in doc:
+        title += (f"; {doc['callback_body_bytes']}-byte callbacks; ingest: wrk "
+                  f"-t{cfg['threads']} -c{cfg['connections']} -d{cfg['duration']:g}s, "
+                  "one uvicorn process each")
+    title += "".join(f"; relay env {k}={v}" for k, v in cfg["relay_env"].items())
+    busy = doc["machine"].get("cpu_busy_before_start") or 0.0
+    if busy >= 0.15:
+        title += (f"\nnote: the CPUs were {busy:.0%} busy with other work just before the start; "
+                  "absolute figures are low, compare the ratios")
+    verdict_line = "all measurements valid" if doc["valid"] else "INVALID: see the notes"
+    forced = collections.Counter(doc.get("forced_kills", []))
+    if forced:
+        verdict_line += "\n" + "\n".join(f"note: {text} ({n}x)" for text, n in forced.items())
+    return table(title, rows) + "\n\n" + verdict_line
+
+
+def _ingest_rows(doc: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
     for kind in ("relay", "relay-web-only", "baseline"):
         if kind not in doc["ingest"]:
@@ -235,6 +290,11 @@ def render(doc: dict[str, Any]) -> str:
     for kind, ratio in doc["relay_over_baseline"].items():
         label = "relay / baseline" + (" (web only)" if kind == "relay-web-only" else "")
         rows.append(Row(f"ingest: {label}", f"{ratio:.2f}" if ratio is not None else "n/a"))
+    return rows
+
+
+def _e2e_row(doc: dict[str, Any]) -> Row:
+    cfg = doc["config"]
     e2e_doc = doc["e2e"]
     med = e2e_doc["median"]
     runs = e2e_doc["runs"]
@@ -245,24 +305,10 @@ def render(doc: dict[str, Any]) -> str:
              + " / ".join(f"{r['achieved_rate']:.0f}/s" for r in runs)]
     notes.extend(f"run {i + 1}: {p}" for i, r in enumerate(runs) for p in r["problems"])
     notes.extend(_log_notes([e2e_doc["log_problems"]]))
-    rows.append(Row(f"end to end: callback sent -> signed event received "
-                    f"@ {cfg['rate']:g}/s x {cfg['e2e_seconds']:g} s",
-                    f"{cfg['rate']:g}/s", ms(med["p50_ms"]), ms(med["p99_ms"]),
-                    verdict(med["valid"]), notes))
-    title = (f"relay.bench: {doc['machine']['cpus']} CPUs, Python {doc['machine']['python']}, "
-             f"{doc['callback_body_bytes']}-byte callbacks; ingest: wrk -t{cfg['threads']} "
-             f"-c{cfg['connections']} -d{cfg['duration']:g}s, median of {cfg['runs']} run(s), "
-             "each on a fresh redis (AOF everysec) + one uvicorn process"
-             + "".join(f"; relay env {k}={v}" for k, v in cfg["relay_env"].items()))
-    busy = doc["machine"].get("cpu_busy_before_start") or 0.0
-    if busy >= 0.15:
-        title += (f"\nnote: the CPUs were {busy:.0%} busy with other work just before the start; "
-                  "absolute figures are low, compare the ratio")
-    verdict_line = "all measurements valid" if doc["valid"] else "INVALID: see the notes"
-    forced = collections.Counter(doc.get("forced_kills", []))
-    if forced:
-        verdict_line += "\n" + "\n".join(f"note: {text} ({n}x)" for text, n in forced.items())
-    return table(title, rows) + "\n\n" + verdict_line
+    return Row(f"end to end: callback sent -> signed event received "
+               f"@ {cfg['rate']:g}/s x {cfg['e2e_seconds']:g} s",
+               f"{cfg['rate']:g}/s", ms(med["p50_ms"]), ms(med["p99_ms"]),
+               verdict(med["valid"]), notes)
 
 
 def _log_notes(per_run: list[dict[str, list[str]]]) -> list[str]:

@@ -80,6 +80,18 @@ def redis_binary() -> str:
     return binary
 
 
+def relay_env(redis_url: str, api_key: str, runflow_secret: str,
+              extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the bench's relay processes (PORT is the caller's to add)."""
+    env = clean_env(
+        REDIS_URL=redis_url, RELAY_SECRET_KEY=secrets.token_hex(16),
+        RELAY_API_KEYS=api_key, RUNFLOW_CALLBACK_SECRETS=runflow_secret,
+        RELAY_ALLOW_PRIVATE_TARGETS="true", RELAY_LOG_LEVEL="warning", RELAY_LOG_FORMAT="json",
+    )
+    env.update(extra_env or {})
+    return env
+
+
 def start_baseline(children: Children, workdir: Path, runflow_secret: str) -> Stack:
     redis, redis_url = start_redis(children, redis_binary(), workdir / "redis")
     port = free_port()
@@ -100,12 +112,8 @@ def start_relay(children: Children, workdir: Path, runflow_secret: str, *,
     """
     redis, redis_url = start_redis(children, redis_binary(), workdir / "redis")
     port, api_key = free_port(), "bench-" + secrets.token_hex(16)
-    env = clean_env(
-        REDIS_URL=redis_url, PORT=str(port), RELAY_SECRET_KEY=secrets.token_hex(16),
-        RELAY_API_KEYS=api_key, RUNFLOW_CALLBACK_SECRETS=runflow_secret,
-        RELAY_ALLOW_PRIVATE_TARGETS="true", RELAY_LOG_LEVEL="warning", RELAY_LOG_FORMAT="json",
-    )
-    env.update(extra_env or {})
+    env = relay_env(redis_url, api_key, runflow_secret, extra_env)
+    env["PORT"] = str(port)
     stack = Stack(f"http://127.0.0.1:{port}", runflow_secret, [redis], api_key=api_key)
     web = children.start("relay-web", python_module("relay", "web", "--host", "127.0.0.1"), env)
     stack.procs.append(web)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from relay.bench.procs import BenchError, Children
+from relay.bench.procs import BenchError, Child, Children
 
 INSTALL_HINT = "relay.bench: wrk is not installed; install it with `apt-get install -y wrk`"
 
@@ -141,12 +141,24 @@ def write_script(directory: Path) -> Path:
     return path
 
 
+def start(children: Children, *, base_url: str, path: str, script: Path, requests_file: Path,
+          threads: int, connections: int, duration: float) -> Child:
+    """wrk POSTing to `base_url` + `path`, running; `collect` waits for it and parses it."""
+    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "5s",
+            "-s", str(script), base_url, "--", str(requests_file), path, str(threads)]
+    return children.start("wrk", args)
+
+
 def run(children: Children, *, base_url: str, path: str, script: Path, requests_file: Path,
         threads: int, connections: int, duration: float) -> WrkResult:
     """wrk POSTing to `base_url` + `path`; parses what the Lua `done` printed."""
-    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "5s",
-            "-s", str(script), base_url, "--", str(requests_file), path, str(threads)]
-    child = children.start("wrk", args)
+    child = start(children, base_url=base_url, path=path, script=script,
+                  requests_file=requests_file, threads=threads, connections=connections,
+                  duration=duration)
+    return collect(children, child, base_url=base_url, duration=duration)
+
+
+def collect(children: Children, child: Child, *, base_url: str, duration: float) -> WrkResult:
     try:
         # Loading the request file happens before wrk's clock starts; allow for it.
         child.proc.wait(duration + 120)
