@@ -401,7 +401,7 @@ class DeliveryWorker:
             # The subscription was just disabled (410, or failing too long): cancel the rest now
             # rather than leave them pending until each comes due.
             await self.store.cancel_pending(sub.id)
-        metrics.DELIVERIES.labels(outcome).inc()
+        metrics.labelled(metrics.DELIVERIES, outcome).inc()
         metrics.DELIVERY_SECONDS.observe(answer.duration_ms / 1000)
         if outcome == "ok" and number == 1:
             created = ULID.from_str(entry.event_id.removeprefix("evt_")).timestamp

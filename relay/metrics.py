@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -51,3 +54,9 @@ TRACKED_RUNS = Gauge(
     "relay_tracked_runs", "Runs on the poll schedule (active), read from Redis at scrape time",
     ["provider"], registry=REGISTRY,
 )
+
+
+@lru_cache(maxsize=1024)
+def labelled(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once: the hot paths count every request."""
+    return metric.labels(*values)

@@ -7,6 +7,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Awaitable, Callable, Sequence
+from functools import lru_cache
 from typing import Any
 
 from yarl import URL
@@ -88,6 +89,7 @@ def blocked_reason(ip: IPAddress, *, allow_private: bool) -> str | None:
     return None
 
 
+@lru_cache(maxsize=4096)
 def literal_ip(host: str) -> IPAddress | None:
     """An IP written in any form `inet_aton` accepts (decimal, octal, hex, short) or IPv6."""
     host = host.strip("[]")
