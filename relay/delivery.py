@@ -12,7 +12,6 @@ from collections import Counter, deque
 from typing import Any
 
 import structlog
-from ulid import ULID
 
 from relay import backoff, clock, metrics
 from relay.errors import StorageUnavailable
@@ -404,7 +403,8 @@ class DeliveryWorker:
         metrics.labelled(metrics.DELIVERIES, outcome).inc()
         metrics.DELIVERY_SECONDS.observe(answer.duration_ms / 1000)
         if outcome == "ok" and number == 1:
-            created = ULID.from_str(entry.event_id.removeprefix("evt_")).timestamp
+            # The delivery was created with its event, so its creation time is the event's.
+            created = int(delivery.get("ts") or 0) / 1000
             metrics.END_TO_END_SECONDS.observe(max(clock.now() - created, 0.0))
         log.info(
             "delivery_attempt", attempt=number, status_code=answer.status,

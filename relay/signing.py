@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -16,6 +17,7 @@ from relay.errors import InvalidToken
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
+@lru_cache(maxsize=4096)
 def secret_bytes(secret: str) -> bytes:
     """The HMAC key of a `whsec_` secret: the base64-decoded part after the prefix."""
     return base64.b64decode(secret.removeprefix("whsec_"))

@@ -149,15 +149,19 @@ class QueueMixin:
 
     async def _finish_batch(self, batch: list[Finish]) -> list[str]:
         if len(batch) == 1:
-            keys, args = self._finish_parts(batch[0])
-            return [str(await self._finish(keys=keys, args=args))]
-        all_keys: list[str] = []
-        all_args: list[Any] = []
+            one_keys, one_args = self._finish_parts(batch[0])
+            return [str(await self._finish(keys=one_keys, args=one_args))]
+        k = self.keys
+        keys = [k.queue, k.retry, k.dead, k.subs_version]
+        args: list[Any] = [self._retention, int(self.settings.disable_after * 1000),
+                           ATTEMPT_LOG_CAP, clock.now_ms()]
         for f in batch:
-            keys, args = self._finish_parts(f)
-            all_keys += keys
-            all_args += [len(keys), len(args), *args]
-        return [str(s) for s in await self._finish_many(keys=all_keys, args=all_args)]
+            e = f.entry
+            keys += [k.delivery(e.delivery_id), k.attempts(e.delivery_id), k.sub(f.sub_id)]
+            args += [e.entry_id, e.retry_member, f.outcome,
+                     json.dumps(f.attempt, separators=(",", ":")) if f.attempt else "",
+                     f.next_due_ms, e.generation]
+        return [str(s) for s in await self._finish_many(keys=keys, args=args)]
 
     @storage_op
     async def defer(self, parked: list[tuple[QueueEntry, int]]) -> None:
