@@ -61,6 +61,7 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+@lru_cache(maxsize=4096)
 def blocked_reason(ip: IPAddress, *, allow_private: bool) -> str | None:
     """Why relay refuses to connect to `ip`, or None when it may."""
     if isinstance(ip, ipaddress.IPv6Address):
@@ -135,6 +136,7 @@ async def resolve(host: str, port: int, *, allow_private: bool,
     return addresses
 
 
+@lru_cache(maxsize=4096)
 def target(url: str) -> tuple[str, int]:
     """The host and port aiohttp will connect to, parsed by the same parser (yarl) it uses."""
     parsed = URL(url)
