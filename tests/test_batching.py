@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from relay.errors import StorageUnavailable
 from relay.store import Store
 from relay.store.batching import GroupCommit
-from tests.helpers import runflow_body, runflow_signature
+from tests.helpers import admin_headers, runflow_body, runflow_signature
 
 
 def overdue() -> Exception:
@@ -101,3 +101,25 @@ async def test_concurrent_copies_of_one_callback_store_one_event(
     assert sum(not d["duplicate"] for d in docs) == 1
     assert len({d["event_id"] for d in docs}) == 1
     assert await store.get_event(docs[0]["event_id"]) is not None
+
+
+@pytest.mark.both_redis
+async def test_concurrent_callbacks_each_get_their_event_and_deliveries(
+        client: httpx.AsyncClient, store: Store) -> None:
+    """Distinct callbacks stored together each keep their own body, run and deliveries."""
+    for url in ("http://127.0.0.1:9/a", "http://127.0.0.1:9/b"):
+        r = await client.post("/v1/subscriptions", json={"url": url}, headers=admin_headers())
+        assert r.status_code == 201
+    bodies = [runflow_body(f"run-many-{i}") for i in range(40)]
+    scripts_before = (await store.stats()).get("evalsha", 0)
+    answers = await asyncio.gather(*(client.post(
+        "/callbacks/runflow", content=b, headers={"runflow-signature": runflow_signature(b)})
+        for b in bodies))
+    assert {a.status_code for a in answers} == {200}
+    assert (await store.stats()).get("evalsha", 0) - scripts_before < 40  # they were batched
+    for i, answer in enumerate(answers):
+        event_id = answer.json()["event_id"]
+        stored = await store.get_event(event_id)
+        assert stored is not None and stored["subject"] == f"run-many-{i}"
+        assert len(await store.event_delivery_ids(event_id)) == 2
+    assert (await store.depths())["pending"] == 80

@@ -227,16 +227,23 @@ class Store(QueueMixin, RunsMixin):
 
     async def _accept_batch(self, writes: list[EventWrite]) -> list[tuple[int, str]]:
         if len(writes) == 1:
-            keys, args = self._accept_parts(writes[0])
-            code, value = await self._accept(keys=keys, args=args)
+            one_keys, one_args = self._accept_parts(writes[0])
+            code, value = await self._accept(keys=one_keys, args=one_args)
             return [(int(code), str(value))]
-        all_keys: list[str] = []
-        all_args: list[Any] = []
+        k = self.keys
+        keys = [k.events, k.subs_version, k.queue, k.deliveries]
+        args: list[Any] = [clock.now_ms(), self._retention]
         for w in writes:
-            keys, args = self._accept_parts(w)
-            all_keys += keys
-            all_args += [len(keys), len(args), *args]
-        flat = await self._accept_many(keys=all_keys, args=all_args)
+            keys += [k.dedupe(w.provider, w.subject, w.dedupe_kind or "-"), k.event(w.event_id),
+                     k.run_events(w.provider, w.subject), k.event_deliveries(w.event_id),
+                     k.run(w.provider, w.subject), k.poll_due(w.provider)]
+            args += [len(w.deliveries), w.event_id, w.body, w.event_type, w.provider, w.subject,
+                     w.subs_version, w.dedupe_mode, "1" if w.ends_run else "0",
+                     w.run_status or "", run_member(w.provider, w.subject)]
+            for delivery_id, sub_id in w.deliveries:
+                keys += [k.delivery(delivery_id), k.sub_deliveries(sub_id)]
+                args += [delivery_id, sub_id]
+        flat = await self._accept_many(keys=keys, args=args)
         return [(int(flat[i]), str(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     @storage_op

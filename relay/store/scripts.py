@@ -91,15 +91,29 @@ return accept(KEYS, ARGV)
 """
 
 # Many accept() calls in one script: the group commit of concurrent callbacks (batching.py).
+# What every event shares goes once, so an event packs 17 values (and 4 per delivery), not 24.
 ACCEPT_MANY = _ACCEPT_FN + """
--- KEYS: each event's accept() keys in turn. ARGV: per event, its key count, its argument
--- count, then its accept() arguments. Returns code and value per event, flattened.
-local out, k, a = {}, 1, 1
+-- KEYS: events index, subscriptions version, queue, deliveries index, then per event its
+--       dedupe, event, run index, event's delivery list, tracked-run hash and poll schedule
+--       keys and (delivery, subscription's delivery index) per delivery.
+-- ARGV: ts ms, retention s, then per event its delivery count, event id, body, type,
+--       provider, subject, expected version, dedupe mode, ends-run flag, run status,
+--       schedule member and (delivery id, subscription id) per delivery.
+-- Returns code and value per event, flattened.
+local out, k, a = {}, 5, 3
 while a <= #ARGV do
-  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local r = accept({unpack(KEYS, k, k + nk - 1)}, {unpack(ARGV, a + 2, a + 1 + na)})
+  local n = tonumber(ARGV[a])
+  local K = {KEYS[k], KEYS[k + 1], KEYS[1], KEYS[k + 2], KEYS[2], KEYS[3], KEYS[4],
+             KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]}
+  local A = {ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[1],
+             ARGV[2], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10]}
+  for i = 1, 2 * n do
+    K[10 + i] = KEYS[k + 5 + i]
+    A[12 + i] = ARGV[a + 10 + i]
+  end
+  local r = accept(K, A)
   out[#out + 1], out[#out + 2] = r[1], r[2]
-  k, a = k + nk, a + 2 + na
+  k, a = k + 6 + 2 * n, a + 11 + 2 * n
 end
 return out
 """
