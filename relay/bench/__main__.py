@@ -38,8 +38,8 @@ def parse_args(argv: list[str] | None) -> tuple[runner.Config, Path | None]:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--connections", type=int, default=32,
                         help="wrk connections (default 32)")
-    parser.add_argument("--web-only", action="store_true",
-                        help="also measure relay web with no subscription and no worker")
+    parser.add_argument("--no-delivery-ingest", action="store_true",
+                        help="skip the ingest run with a worker delivering on the same cores")
     parser.add_argument("--relay-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the relay processes (repeatable)")
     parser.add_argument("--only", default=",".join(suite.SECTIONS), metavar="SECTIONS",
@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None) -> tuple[runner.Config, Path | None]:
         parser.error("--relay-env takes NAME=VALUE")
     cfg = runner.Config(duration=args.duration, runs=args.runs, rate=args.rate,
                         e2e_seconds=args.e2e_seconds, threads=args.threads,
-                        connections=args.connections, web_only=args.web_only,
+                        connections=args.connections, with_delivery=not args.no_delivery_ingest,
                         relay_env=relay_env, only=only, delivery_events=args.delivery_events,
                         fanout_repeats=args.fanout_repeats, memory_events=args.memory_events,
                         soak_seconds=args.soak_seconds, polling_runs=args.polling_runs,
