@@ -113,7 +113,7 @@ def rows(doc: dict[str, Any], single_ingest: float | None,
     valid = verdict(med["valid"])
 
     def times(value: float, single: float | None) -> str:
-        return f"; {value / single:.2f}x the one-process figure (other runs)" if single else ""
+        return f"; {value / single:.2f}x one web + one worker (its own runs)" if single else ""
 
     ingest_notes = ["runs: " + " / ".join(
         "+".join(f"{r:,.0f}" for r in run["per_process_rps"]) for run in doc["ingest"])
