@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from relay import clock
 from relay.store import scripts
+from relay.store.batch import Batcher, Item
 from relay.store.client import storage_op
 from relay.store.keys import Keys, run_member, split_member
 from relay.store.paging import Page, page_index
@@ -48,7 +49,9 @@ class RunsMixin:
         self._claim = r.register_script(scripts.CLAIM)
         self._reserve = r.register_script(scripts.RESERVE)
         self._pause = r.register_script(scripts.PAUSE)
-        self._settle = r.register_script(scripts.SETTLE)
+        self._settle_many = r.register_script(scripts.SETTLE_MANY)
+        # Polls finishing together are recorded in one script call (SETTLE_MANY).
+        self._settles = Batcher(self._send_settles)
         self._pending = r.register_script(scripts.CALLBACK_PENDING)
 
     def _accept_parts(self, w: EventWrite) -> tuple[list[str], list[Any]]:
@@ -172,18 +175,30 @@ class RunsMixin:
     async def settle_run(self, provider: str, run_id: str, *, token: str, next_poll_ms: int,
                          fields: dict[str, str], event: EventWrite | None) -> tuple[int, str]:
         """Record a poll and reschedule, with its event; (3, '') lease lost, (4, '') already
-        finished, (5, '') no event, else accept()'s (code, id)."""
+        finished, (5, '') no event, else accept()'s (code, id). Polls settled at the same
+        time share one round trip; each is recorded as if alone (scripts.SETTLE_MANY)."""
         k = self.keys
         keys = [k.run(provider, run_id), k.poll_due(provider)]
         args: list[Any] = [token, run_member(provider, run_id), next_poll_ms, clock.now_ms(),
                            self._retention, len(fields)]
-        args += [x for pair in fields.items() for x in pair]
+        for pair in fields.items():
+            args += pair
         if event is not None:
             ekeys, eargs = self._accept_parts(event)
             keys += ekeys
             args += eargs
-        code, value = await self._settle(keys=keys, args=args)
+        code, value = await self._settles.submit(keys, args)
         return int(code), str(value)
+
+    async def _send_settles(self, items: list[Item]) -> list[Any]:
+        keys: list[str] = []
+        args: list[Any] = [len(items)]
+        for item_keys, item_args in items:
+            keys += item_keys
+            args += [len(item_keys), len(item_args)]
+            args += item_args
+        answers: list[Any] = await self._settle_many(keys=keys, args=args)
+        return answers
 
     # ---- FLORA callbacks ----------------------------------------------------------------
 
