@@ -135,8 +135,9 @@ class RunsMixin:
         calls = [([k.poll_due(provider), k.rate(provider)],
                   [now, count, spacing, horizon_ms, lease_ms, token, k.run_prefix])
                  for provider, (count, spacing) in wants.items()]
-        if self.settings.redis_cluster:
+        if self.settings.redis_cluster or len(calls) == 1:
             # redis-py refuses scripts inside cluster pipelines: send them side by side instead.
+            # One provider needs no pipeline either (nor the SCRIPT EXISTS a pipeline sends).
             answers = await asyncio.gather(*(self._claim(keys=keys, args=args)
                                              for keys, args in calls))
         else:
@@ -179,25 +180,24 @@ class RunsMixin:
         time share one round trip; each is recorded as if alone (scripts.SETTLE_MANY)."""
         k = self.keys
         keys = [k.run(provider, run_id), k.poll_due(provider)]
-        args: list[Any] = [token, run_member(provider, run_id), next_poll_ms, clock.now_ms(),
-                           self._retention, len(fields)]
+        # Strings throughout: the batch goes to Lua as JSON (scripts.SETTLE_MANY).
+        args: list[Any] = [token, run_member(provider, run_id), str(next_poll_ms),
+                           str(clock.now_ms()), str(self._retention), str(len(fields))]
         for pair in fields.items():
             args += pair
         if event is not None:
             ekeys, eargs = self._accept_parts(event)
             keys += ekeys
-            args += eargs
+            args += [a.decode() if isinstance(a, bytes) else str(a) for a in eargs]
         code, value = await self._settles.submit(keys, args)
         return int(code), str(value)
 
     async def _send_settles(self, items: list[Item]) -> list[Any]:
         keys: list[str] = []
-        args: list[Any] = [len(items)]
-        for item_keys, item_args in items:
+        for item_keys, _ in items:
             keys += item_keys
-            args += [len(item_keys), len(item_args)]
-            args += item_args
-        answers: list[Any] = await self._settle_many(keys=keys, args=args)
+        payload = json.dumps([[len(k), a] for k, a in items], separators=(",", ":"))
+        answers: list[Any] = await self._settle_many(keys=keys, args=[payload])
         return answers
 
     # ---- FLORA callbacks ----------------------------------------------------------------

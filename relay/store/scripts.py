@@ -211,18 +211,17 @@ end
 """
 
 SETTLE_MANY = _SETTLE_FN + """
--- Record many polls in one round trip, each exactly as SETTLE would, one after the other.
+-- Record many polls in one round trip, each exactly as settle() alone would, one after another.
 -- KEYS: each poll's settle() keys in turn.
--- ARGV: poll count, then per poll: its key count, its arg count, its settle() args.
+-- ARGV[1]: JSON [[key count, [settle() args, all strings]], ...], one entry per poll, in
+--   order: one argument instead of a few dozen per poll, which the client packed one by one.
 -- Returns settle()'s answer per poll, in order.
-local out, ki, ai = {}, 1, 2
-for p = 1, tonumber(ARGV[1]) do
-  local nk, na = tonumber(ARGV[ai]), tonumber(ARGV[ai + 1])
-  local K, A = {}, {}
-  for i = 1, nk do K[i] = KEYS[ki + i - 1] end
-  for i = 1, na do A[i] = ARGV[ai + 1 + i] end
-  out[p] = settle(K, A)
-  ki, ai = ki + nk, ai + 2 + na
+local out, ki = {}, 1
+for p, item in ipairs(cjson.decode(ARGV[1])) do
+  local K = {}
+  for i = 1, item[1] do K[i] = KEYS[ki + i - 1] end
+  out[p] = settle(K, item[2])
+  ki = ki + item[1]
 end
 return out
 """
