@@ -204,3 +204,31 @@ def test_targets_keep_the_path_query_and_host() -> None:
     assert target("http://[::1]:8080/").head.endswith(b"Host: [::1]:8080\r\n")
     with pytest.raises(ValueError):
         target("http://example.com/a b")
+
+
+async def test_at_most_limit_requests_are_in_flight_and_the_rest_wait_their_turn() -> None:
+    in_flight, most = 0, 0
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        nonlocal in_flight, most
+        while await server.read_request(r):
+            in_flight += 1
+            most = max(most, in_flight)
+            await asyncio.sleep(0.05)
+            in_flight -= 1
+            w.write(answer(b"{}"))
+            await w.drain()
+
+    server = await serving(handler)
+    client = ProviderClient(max_bytes=100, limit=2)
+    got = await asyncio.gather(*(client.get(server.url, {}, 5.0) for _ in range(6)))
+    assert [g.status for g in got] == [200] * 6 and most == 2 and server.connections == 2
+    # A request that cannot get its turn within its deadline times out like any other.
+    slow = [asyncio.ensure_future(client.get(server.url, {}, 5.0)) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    late = await client.get(server.url, {}, 0.02)
+    assert late.error == "timed out after 0.02s"
+    assert [g.status for g in await asyncio.gather(*slow)] == [200, 200]
+    assert (await client.get(server.url, {}, 5.0)).status == 200
+    await client.aclose()
+    await server.close()
