@@ -123,3 +123,23 @@ async def test_claim_reads_only_as_many_due_runs_as_the_budget_has_slots(store: 
     again = await store.claim_runs({"betterprompt": (10, 100.0)}, token="other",
                                    lease_ms=30_000, horizon_ms=250)
     assert again["betterprompt"].runs == []  # the budget is spent within the horizon
+
+
+async def test_an_event_body_goes_through_the_batch_byte_for_byte(
+        store: Store, relay: Relay) -> None:
+    run = await _track(store, "u1")
+    await store.claim_runs({"betterprompt": (10, 0.0)}, token="me", lease_ms=30_000,
+                           horizon_ms=1000)
+    raw = '{"data":{"runStatus":"running","note":"é 😀 \\u00e9 \\n \\"q\\" \\\\"}}'.encode()
+    event = run_event(run, Observation("running", progress=0.5), raw=raw,
+                      observed_at=time.time(), wraps_outputs=True)
+
+    async def write(w: EventWrite) -> tuple[int, str]:
+        return await store.settle_run("betterprompt", "u1", token="me", next_poll_ms=1,
+                                      fields={"s": "running", "pg": "0.5"}, event=w)
+
+    code, event_id = await relay.store_matched(event, write=write)
+    assert (code, event_id) == (1, event.id)
+    stored = await store.get_event_bodies([event.id])
+    assert stored[0] is not None and stored[0].encode() == event.to_json()
+    assert raw in stored[0].encode()
