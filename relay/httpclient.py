@@ -78,6 +78,7 @@ class _Conn(asyncio.Protocol):
         self.too_big = False
         self.lost = False
         self.keep_alive = False
+        self.stray = False
 
     # ---- asyncio.Protocol ---------------------------------------------------------------
 
@@ -107,7 +108,13 @@ class _Conn(asyncio.Protocol):
 
     # ---- httptools callbacks ------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.stray = True  # a second answer to one request: never reuse this connection
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.stray:
+            return
         lower = name.lower()
         if lower in (b"content-length", b"transfer-encoding"):
             self.framed = True
@@ -115,12 +122,14 @@ class _Conn(asyncio.Protocol):
             self.retry_after = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        if self.stray:
+            return
         self.headers_done = True
         self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
-        if self.too_big:
+        if self.too_big or self.stray:
             return
         self.size += len(body)
         if self.size > self.cap:
@@ -134,6 +143,13 @@ class _Conn(asyncio.Protocol):
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if self.stray:
+            return
+        if 100 <= self.status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
+            self.status, self.retry_after, self.framed = 0, None, False
+            self.headers_done, self.chunks, self.size = False, [], 0
+            return
         self.complete = True
         if self.done is not None and not self.done.done():
             self.done.set_result(None)
@@ -150,7 +166,8 @@ class _Conn(asyncio.Protocol):
         return self.done
 
     def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.too_big and not self.lost
+        return (self.complete and self.keep_alive and not self.too_big and not self.lost
+                and not self.stray)
 
     def timed_out(self) -> None:
         self._fail(TimeoutError())
@@ -214,6 +231,8 @@ class HttpClient:
                 raise ValueError("a header has a line break")
             lines.append(f"{name}: {value}\r\n")
         block = "".join(lines).encode("latin-1") + b"\r\n"
+        if len(self._headers) > 64:  # callers that build a new dict per call
+            self._headers.clear()
         self._headers[id(headers)] = (headers, block)
         return block
 

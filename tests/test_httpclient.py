@@ -232,3 +232,22 @@ async def test_at_most_limit_requests_are_in_flight_and_the_rest_wait_their_turn
     assert (await client.get(server.url, {}, 5.0)).status == 200
     await client.aclose()
     await server.close()
+
+
+async def test_an_interim_answer_is_skipped_and_a_stray_second_answer_drops_the_connection(
+        client: ProviderClient) -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        while await server.read_request(r):
+            if n == 1:
+                w.write(b"HTTP/1.1 100 Continue\r\n\r\n" + answer(b'{"a":1}') + answer(b"{}"))
+            else:
+                w.write(answer(b'{"b":2}'))
+            await w.drain()
+
+    server = await serving(handler)
+    first = await client.get(server.url, {}, 2.0)
+    assert (first.status, first.body) == (200, b'{"a":1}')
+    second = await client.get(server.url, {}, 2.0)
+    assert (second.status, second.body) == (200, b'{"b":2}')
+    assert server.connections == 2
+    await server.close()
