@@ -254,9 +254,12 @@ class Poller:
             now = clock.now()
             self._wake_at = wake_at
             wait = max(wake_at - now, CLAIM_TICK)
-            if self._tasks:
+            if self._tasks or wait < 1.0:
                 # Polls in flight reschedule runs and may make one due sooner: wait locally,
-                # and look again within a second for runs other processes tracked.
+                # and look again within a second for runs other processes tracked. A short
+                # wait (the next budget slot) is timed locally too: BLPOP's timeout is only
+                # as fine as Redis' clock tick, and a worker waking late there lost every
+                # freed slot to one that woke on time.
                 self._wake.clear()
                 await wait_event(self._wake, min(wait, 1.0))
             else:
