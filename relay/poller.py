@@ -213,6 +213,7 @@ class Poller:
         self._wake = asyncio.Event()
         self._wake_at = 0.0
         self._stopping = False
+        self._polls: dict[tuple[str, str], Any] = {}
 
     # ---- loops --------------------------------------------------------------------------
 
@@ -253,9 +254,12 @@ class Poller:
             now = clock.now()
             self._wake_at = wake_at
             wait = max(wake_at - now, CLAIM_TICK)
-            if self._tasks:
+            if self._tasks or wait < 1.0:
                 # Polls in flight reschedule runs and may make one due sooner: wait locally,
-                # and look again within a second for runs other processes tracked.
+                # and look again within a second for runs other processes tracked. A short
+                # wait (the next budget slot) is timed locally too: BLPOP's timeout is only
+                # as fine as Redis' clock tick, and a worker waking late there lost every
+                # freed slot to one that woke on time.
                 self._wake.clear()
                 await wait_event(self._wake, min(wait, 1.0))
             else:
@@ -307,10 +311,11 @@ class Poller:
     # ---- one poll -----------------------------------------------------------------------
 
     async def _poll(self, provider: str, fields: dict[str, str], slot: float) -> None:
-        run = TrackedRun.from_hash(fields)
-        structlog.contextvars.bind_contextvars(provider=provider, run_id=run.run_id)
-        adapter = self.providers[provider]
+        # Log lines name the run themselves: binding context variables per poll costs more.
+        run_id = fields.get("r", "")
         try:
+            run = TrackedRun.from_hash(fields)
+            adapter = self.providers[provider]
             now = clock.now()
             if now >= run.since + self.settings.poll_max_age:
                 await self._expire(run)
@@ -322,20 +327,28 @@ class Poller:
                 metrics.POLL_LAG.observe(max(sent - run.next_poll, 0.0))
             result = await read_run(self.client, adapter, run.run_id, run.technique_id,
                                     self.deadline)
-            metrics.POLLS.labels(provider, result.kind).inc()
+            self._polls_counter(provider, result.kind).inc()
             decision = decide(run, result, now=clock.now(), settings=self.settings,
                               wraps_outputs=adapter.wraps_outputs)
             if decision.pause_until is not None:
                 await self.store.pause_provider(provider, decision.pause_until)
             await self._settle(run, decision)
             if result.kind != "ok":
-                log.log(30 if result.kind == "auth" else 20, "poll_failed", kind=result.kind,
-                        status_code=result.status_code, error=result.error)
+                log.log(30 if result.kind == "auth" else 20, "poll_failed", provider=provider,
+                        run_id=run_id, kind=result.kind, status_code=result.status_code,
+                        error=result.error)
         except StorageUnavailable as exc:
             # The lease stays; the run is polled again once it runs out.
-            log.warning("poll_not_settled", error=str(exc))
+            log.warning("poll_not_settled", provider=provider, run_id=run_id, error=str(exc))
         except Exception:
-            log.exception("poll_crashed")
+            log.exception("poll_crashed", provider=provider, run_id=run_id)
+
+    def _polls_counter(self, provider: str, kind: str) -> Any:
+        """The relay_polls_total child for (provider, kind), looked up once."""
+        child = self._polls.get((provider, kind))
+        if child is None:
+            child = self._polls[(provider, kind)] = metrics.POLLS.labels(provider, kind)
+        return child
 
     async def _expire(self, run: TrackedRun) -> None:
         now = clock.now()
@@ -360,13 +373,14 @@ class Poller:
             code, value = await self.relay.store_matched(event, write=write)
             if code == 1:
                 metrics.EVENTS.labels(run.provider, event.event, event.source).inc()
-                log.info("run_event", event_id=value, event_type=event.event,
-                         status=event.status)
+                log.info("run_event", provider=run.provider, run_id=run.run_id,
+                         event_id=value, event_type=event.event, status=event.status)
         if decision.next_poll and code in (1, 5) and decision.next_poll < self._wake_at:
             self._wake.set()
         if code == 3:
-            log.info("poll_lease_lost", note="another worker took the run over, or it was "
-                                             "untracked; this poll's result is dropped")
+            log.info("poll_lease_lost", provider=run.provider, run_id=run.run_id,
+                     note="another worker took the run over, or it was untracked; this "
+                          "poll's result is dropped")
 
 
 def spacing_ms(settings: Settings, provider: str) -> float:

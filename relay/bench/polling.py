@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +50,7 @@ class Result:
     runs: int
     capacity_polls_per_second: float = 0.0
     capacity_worker_cpu: float = 0.0  # CPUs the worker used while saturated
+    capacity_cpu_us_per_poll: float = 0.0  # worker CPU time per poll: steadier than the rate
     redis_round_trips_per_poll: float = 0.0
     redis_commands_per_poll: float = 0.0  # inside Lua scripts included
     redis_calls_per_poll: dict[str, float] = field(default_factory=dict)
@@ -114,8 +117,17 @@ async def _clocks(store: Store, members: list[str]) -> dict[str, tuple[int, floa
     return out
 
 
+def _profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the worker for `seconds`, written to `out` (raw or speedscope)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    fmt = "speedscope" if out.suffix == ".json" else "raw"
+    return subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200",
+                             "-f", fmt, "-o", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
 async def capacity(children: Children, redis_url: str, fake_url: str, n: int,
-                   window: float, result: Result) -> None:
+                   window: float, result: Result, profile: Path | None = None) -> None:
     """Every run due every second: the worker polls as fast as it can."""
     env = _env(redis_url, fake_url, "cap", 1.0)
     settings = Settings.from_env(env)
@@ -127,18 +139,29 @@ async def capacity(children: Children, redis_url: str, fake_url: str, n: int,
         after = (await store.stats())["used_memory"]
         result.redis_bytes_per_tracked_run = round((after - before) / n, 1)
         worker = _start_worker(children, env)
-        await asyncio.sleep(3.0)  # warm up: connections, the first poll of every run
+        # Warm up: connections, and the first poll of every run (it emits run.updated, which
+        # would count an event store in some polls of the window and not in others).
+        warm = time.monotonic() + 60
+        for _ in range(120):
+            if _served(fake_url) >= n or time.monotonic() > warm:
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
         stats0 = await store.stats()
         served0, cmds0 = _served(fake_url), stats0["commands"]
         cpu0, t0 = worker.cpu_seconds(), time.monotonic()
+        spy = None if profile is None else _profile(worker.proc.pid, window, profile)
         await asyncio.sleep(window)
         stats1 = await store.stats()
         served1, cmds1 = _served(fake_url), stats1["commands"]
         cpu1, t1 = worker.cpu_seconds(), time.monotonic()
         children.stop(worker)
+    if spy is not None:
+        spy.wait(30)
     polls = served1 - served0
     result.capacity_polls_per_second = round(polls / (t1 - t0), 1)
     result.capacity_worker_cpu = round((cpu1 - cpu0) / (t1 - t0), 2)
+    result.capacity_cpu_us_per_poll = round((cpu1 - cpu0) / max(polls, 1) * 1e6, 1)
     # Redis counts the commands a script runs as well; the client's own commands (one per round
     # trip: EVALSHA, pipelines' SCRIPT EXISTS, the blocking reads, health checks) are these.
     direct = ("evalsha", "script|exists", "blpop", "ping", "xreadgroup", "xautoclaim")
@@ -192,7 +215,8 @@ def render(r: Result) -> str:
     rows = [
         ("tracked runs", f"{r.runs:,}"),
         ("polls/s, one worker, every run always due", f"{r.capacity_polls_per_second:,.0f}"
-         f" (worker used {r.capacity_worker_cpu:.2f} CPU)"),
+         f" (worker used {r.capacity_worker_cpu:.2f} CPU, "
+         f"{r.capacity_cpu_us_per_poll:,.0f} µs CPU per poll)"),
         ("Redis round trips per poll", f"{r.redis_round_trips_per_poll:.2f}"
          f" ({r.redis_commands_per_poll:.1f} commands, those inside Lua included)"),
         ("Redis bytes per tracked run", f"{r.redis_bytes_per_tracked_run:,.0f}"),
@@ -210,7 +234,8 @@ TARGET_LAG_P99_MS = 500.0
 
 
 def measure_once(children: Children, workdir: Path, runs: int, rate: float,
-                 window: float) -> Result:
+                 window: float, *, capacity_only: bool = False,
+                 profile: Path | None = None) -> Result:
     """Capacity, then lag at a steady `rate`, on a fresh redis and fake BetterPrompt."""
     result = Result(runs=runs)
     redis, redis_url = start_redis(children, redis_binary(), workdir / "redis")
@@ -220,8 +245,9 @@ def measure_once(children: Children, workdir: Path, runs: int, rate: float,
     try:
         fake_url = f"http://127.0.0.1:{port}"
         wait_until(http_ready(f"{fake_url}/stats", fake), 30, "fake provider")
-        asyncio.run(capacity(children, redis_url, fake_url, runs, window, result))
-        asyncio.run(steady(children, redis_url, fake_url, runs, rate, window * 2, result))
+        asyncio.run(capacity(children, redis_url, fake_url, runs, window, result, profile))
+        if not capacity_only:
+            asyncio.run(steady(children, redis_url, fake_url, runs, rate, window * 2, result))
     finally:
         children.stop(fake)
         children.stop(redis)
@@ -284,13 +310,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds each figure is measured over (10)")
     parser.add_argument("--tiny", action="store_true", help="500 runs, short windows")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
+    parser.add_argument("--capacity-only", action="store_true",
+                        help="measure the saturated rate only, not the steady-load lag")
+    parser.add_argument("--profile", type=Path,
+                        help="py-spy the worker over the capacity window into this file "
+                        "(.json: speedscope, else raw collapsed stacks)")
     args = parser.parse_args(argv)
     if args.tiny:
         args.runs, args.rate, args.window = 500, 250.0, 3.0
     with tempfile.TemporaryDirectory(prefix="relay-bench-poll-") as tmp:
         children = Children(Path(tmp))
         try:
-            result = measure_once(children, Path(tmp), args.runs, args.rate, args.window)
+            result = measure_once(children, Path(tmp), args.runs, args.rate, args.window,
+                                  capacity_only=args.capacity_only, profile=args.profile)
         except BenchError as exc:
             print(f"relay.bench.polling: {exc}", file=sys.stderr)
             return 1

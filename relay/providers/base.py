@@ -57,13 +57,18 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def parse_json(body: bytes) -> Any:
     """Strict JSON or InvalidJSON: UTF-8 only (no BOM or UTF-16), no NaN or Infinity, no number
     that overflows a float, and no lone surrogate escape, so that whatever is accepted can be
     re-encoded, spliced byte for byte into relay's UTF-8 event, and read by any subscriber."""
     try:
-        doc = json.loads(body.decode("utf-8"), parse_constant=_reject_constant,
-                         parse_float=_finite_float)
+        text = body.decode("utf-8")
+        if text.startswith("\ufeff"):
+            raise ValueError("a byte order mark")
+        doc = _DECODER.decode(text)
         if b"\\u" in body:
             # Only an escape can produce a lone surrogate; encoding finds it.
             json.dumps(doc, ensure_ascii=False).encode("utf-8")

@@ -44,7 +44,7 @@ class BetterPrompt:
         items = data.get("outputs")
         outputs: list[dict[str, Any]] = []
         messages: list[str] = []
-        expires = clock.iso(outputs_seen + MEDIA_LIFETIME)
+        expires = ""  # formatted once, for the first media output (most polls have none)
         for item in items if isinstance(items, list) else []:
             if not isinstance(item, dict) or not isinstance(item.get("data"), str):
                 continue
@@ -52,6 +52,7 @@ class BetterPrompt:
             if kind == "text":
                 outputs.append({"type": "text", "text": value})
             elif kind in _MEDIA:
+                expires = expires or clock.iso(outputs_seen + MEDIA_LIFETIME)
                 outputs.append({"type": kind, "url": value, "expires_at": expires})
             elif kind == "error":
                 messages.append(value)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from relay import clock
 from relay.store import scripts
+from relay.store.batch import Batcher, Item
 from relay.store.client import storage_op
 from relay.store.keys import Keys, run_member, split_member
 from relay.store.paging import Page, page_index
@@ -48,7 +49,9 @@ class RunsMixin:
         self._claim = r.register_script(scripts.CLAIM)
         self._reserve = r.register_script(scripts.RESERVE)
         self._pause = r.register_script(scripts.PAUSE)
-        self._settle = r.register_script(scripts.SETTLE)
+        self._settle_many = r.register_script(scripts.SETTLE_MANY)
+        # Polls finishing together are recorded in one script call (SETTLE_MANY).
+        self._settles = Batcher(self._send_settles)
         self._pending = r.register_script(scripts.CALLBACK_PENDING)
 
     def _accept_parts(self, w: EventWrite) -> tuple[list[str], list[Any]]:
@@ -132,8 +135,9 @@ class RunsMixin:
         calls = [([k.poll_due(provider), k.rate(provider)],
                   [now, count, spacing, horizon_ms, lease_ms, token, k.run_prefix])
                  for provider, (count, spacing) in wants.items()]
-        if self.settings.redis_cluster:
+        if self.settings.redis_cluster or len(calls) == 1:
             # redis-py refuses scripts inside cluster pipelines: send them side by side instead.
+            # One provider needs no pipeline either (nor the SCRIPT EXISTS a pipeline sends).
             answers = await asyncio.gather(*(self._claim(keys=keys, args=args)
                                              for keys, args in calls))
         else:
@@ -172,18 +176,29 @@ class RunsMixin:
     async def settle_run(self, provider: str, run_id: str, *, token: str, next_poll_ms: int,
                          fields: dict[str, str], event: EventWrite | None) -> tuple[int, str]:
         """Record a poll and reschedule, with its event; (3, '') lease lost, (4, '') already
-        finished, (5, '') no event, else accept()'s (code, id)."""
+        finished, (5, '') no event, else accept()'s (code, id). Polls settled at the same
+        time share one round trip; each is recorded as if alone (scripts.SETTLE_MANY)."""
         k = self.keys
         keys = [k.run(provider, run_id), k.poll_due(provider)]
-        args: list[Any] = [token, run_member(provider, run_id), next_poll_ms, clock.now_ms(),
-                           self._retention, len(fields)]
-        args += [x for pair in fields.items() for x in pair]
+        # Strings throughout: the batch goes to Lua as JSON (scripts.SETTLE_MANY).
+        args: list[Any] = [token, run_member(provider, run_id), str(next_poll_ms),
+                           str(clock.now_ms()), str(self._retention), str(len(fields))]
+        for pair in fields.items():
+            args += pair
         if event is not None:
             ekeys, eargs = self._accept_parts(event)
             keys += ekeys
-            args += eargs
-        code, value = await self._settle(keys=keys, args=args)
+            args += [a.decode() if isinstance(a, bytes) else str(a) for a in eargs]
+        code, value = await self._settles.submit(keys, args)
         return int(code), str(value)
+
+    async def _send_settles(self, items: list[Item]) -> list[Any]:
+        keys: list[str] = []
+        for item_keys, _ in items:
+            keys += item_keys
+        payload = json.dumps([[len(k), a] for k, a in items], separators=(",", ":"))
+        answers: list[Any] = await self._settle_many(keys=keys, args=[payload])
+        return answers
 
     # ---- FLORA callbacks ----------------------------------------------------------------
 

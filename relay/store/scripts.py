@@ -18,21 +18,23 @@ end
 """
 
 _SLOTS = """
--- Take up to `want` request slots from a provider's deployment-wide budget (GCRA): slots are
--- `spacing` ms apart, and only slots before now + horizon are handed out, so no worker hoards
--- the budget. Returns the first slot's time and how many were taken; a later call continues
--- from the last one. spacing 0 means no limit.
-local function take_slots(bucket, now, spacing, horizon, want)
+-- A provider's deployment-wide request budget (GCRA): slots are `spacing` ms apart, and only
+-- slots before now + horizon are handed out, so no worker hoards the budget. spacing 0 means
+-- no limit. free_slots() says how many of `want` could be taken (and from when) without taking
+-- them; take_slots() takes `n` from `first` on, so a later call continues from the last one.
+local function free_slots(bucket, now, spacing, horizon, want)
   if spacing <= 0 then return now, want end
   local tat = tonumber(redis.call('GET', bucket) or '0')
   if tat < now then tat = now end
   if tat > now + horizon then return tat, 0 end
-  local n = math.min(want, math.floor((now + horizon - tat) / spacing) + 1)
-  if n > 0 then
-    local last = tat + n * spacing
+  return tat, math.min(want, math.floor((now + horizon - tat) / spacing) + 1)
+end
+
+local function take_slots(bucket, now, spacing, first, n)
+  if spacing > 0 and n > 0 then
+    local last = first + n * spacing
     redis.call('SET', bucket, string.format('%.3f', last), 'PX', math.ceil(last - now) + 1000)
   end
-  return tat, n
 end
 """
 
@@ -145,27 +147,31 @@ CLAIM = _SLOTS + """
 -- ARGV: now ms, max runs, slot spacing ms (0: no limit), horizon ms, lease ms, worker token,
 --       tracked-run key prefix (same hash tag as KEYS, so the same slot on a cluster)
 -- A run is leased by moving its schedule score to now + lease: no other worker sees it due
--- until then, which is also how a dead worker's runs are taken over.
+-- until then, which is also how a dead worker's runs are taken over. Only as many due runs are
+-- read as the budget has slots for, and a slot is taken only for a run that still exists.
 -- Returns {score of the next scheduled run or false, next free slot ms, {slot ms, fields}...}.
 local now, want = tonumber(ARGV[1]), tonumber(ARGV[2])
-local spacing, horizon = tonumber(ARGV[3]), tonumber(ARGV[4])
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, want)
-local out, live = {}, {}
-for _, m in ipairs(due) do
-  if redis.call('EXISTS', ARGV[7] .. m) == 1 then
-    live[#live + 1] = m
-  else
-    redis.call('ZREM', KEYS[1], m)  -- untracked meanwhile
+local spacing, lease_until = tonumber(ARGV[3]), now + tonumber(ARGV[5])
+local first, can = free_slots(KEYS[2], now, spacing, tonumber(ARGV[4]), want)
+local out, leased = {}, {}
+if can > 0 then
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, can)) do
+    local hkey = ARGV[7] .. m
+    local h = redis.call('HGETALL', hkey)
+    if #h == 0 then
+      redis.call('ZREM', KEYS[1], m)  -- untracked meanwhile
+    else
+      redis.call('HSET', hkey, 'lk', ARGV[6])
+      local i = #out + 1
+      out[i] = {string.format('%.3f', first + (i - 1) * math.max(spacing, 0)), h}
+      leased[#leased + 1] = lease_until
+      leased[#leased + 1] = m
+    end
   end
 end
-local first, n = take_slots(KEYS[2], now, spacing, horizon, #live)
-for i = 1, n do
-  local m = live[i]
-  local hkey = ARGV[7] .. m
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), m)
-  redis.call('HSET', hkey, 'lk', ARGV[6])
-  out[i] = {string.format('%.3f', first + (i - 1) * spacing), redis.call('HGETALL', hkey)}
-end
+local n = #out
+take_slots(KEYS[2], now, spacing, first, n)
+if n > 0 then redis.call('ZADD', KEYS[1], unpack(leased)) end
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local free = first + n * math.max(spacing, 0)
 return {head[2] or false, string.format('%.3f', free), out}
@@ -175,7 +181,9 @@ RESERVE = _SLOTS + """
 -- One request slot outside the schedule (a FLORA callback fetching its run at once).
 -- KEYS: provider's rate bucket. ARGV: now ms, spacing ms, horizon ms.
 -- Returns {slot ms, 1} or {next free slot ms, 0} when none is free within the horizon.
-local first, n = take_slots(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), 1)
+local now, spacing = tonumber(ARGV[1]), tonumber(ARGV[2])
+local first, n = free_slots(KEYS[1], now, spacing, tonumber(ARGV[3]), 1)
+take_slots(KEYS[1], now, spacing, first, n)
 return {string.format('%.3f', first), n}
 """
 
@@ -189,39 +197,61 @@ end
 return 1
 """
 
-SETTLE = _ACCEPT_FN + """
+_SETTLE_FN = _ACCEPT_FN + """
 -- Record one poll of a run and schedule its next one, with its event (if any) in the same step.
--- KEYS: run hash, provider's poll schedule, then accept()'s keys when an event comes with it
--- ARGV: worker token, member, next poll ms, now ms, retention s, field count f, f field/value
---       pairs, then accept()'s args
+-- K: run hash, provider's poll schedule, then accept()'s keys when an event comes with it
+-- A: worker token, member, next poll ms, now ms, retention s, field count f, f field/value
+--    pairs, then accept()'s args
 -- Returns {3} when the lease was lost (another worker owns the run now, or it was untracked),
 -- {4} when the run had finished meanwhile, accept()'s answer when an event came, else {5}.
-local hkey, due, member = KEYS[1], KEYS[2], ARGV[2]
-if redis.call('HGET', hkey, 'lk') ~= ARGV[1] then return {3, ''} end
-if redis.call('HGET', hkey, 'st') == 'finished' then
-  redis.call('ZREM', due, member)
-  return {4, ''}
-end
-local nf = tonumber(ARGV[6])
-local res = {5, ''}
-if #KEYS > 2 then
-  local K, A = {}, {}
-  for i = 3, #KEYS do K[#K + 1] = KEYS[i] end
-  for i = 7 + 2 * nf, #ARGV do A[#A + 1] = ARGV[i] end
-  res = accept(K, A)
+local function settle(K, A)
+  local hkey, due, member = K[1], K[2], A[2]
+  local lease, st = unpack(redis.call('HMGET', hkey, 'lk', 'st'))
+  if lease ~= A[1] then return {3, ''} end
+  if st == 'finished' then
+    redis.call('ZREM', due, member)
+    return {4, ''}
+  end
+  local nf = tonumber(A[6])
+  if #K == 2 then
+    -- No event (most polls): the fields and the next poll, in one HSET.
+    redis.call('HSET', hkey, 'np', A[3], unpack(A, 7, 6 + 2 * nf))
+    redis.call('ZADD', due, A[3], member)
+    return {5, ''}
+  end
+  local EK, EA = {}, {}
+  for i = 3, #K do EK[#EK + 1] = K[i] end
+  for i = 7 + 2 * nf, #A do EA[#EA + 1] = A[i] end
+  local res = accept(EK, EA)
   if res[1] == 2 then return res end
+  if nf > 0 then redis.call('HSET', hkey, unpack(A, 7, 6 + 2 * nf)) end
+  if redis.call('HGET', hkey, 'st') == 'finished' then
+    redis.call('HSET', hkey, 'np', '')
+  elseif res[1] == 0 then
+    -- The terminal event is already out (a callback won the race): this run is done.
+    finish_run(hkey, due, member, A[4], A[5], nil)
+  else
+    redis.call('ZADD', due, A[3], member)
+    redis.call('HSET', hkey, 'np', A[3])
+  end
+  return res
 end
-if nf > 0 then redis.call('HSET', hkey, unpack(ARGV, 7, 6 + 2 * nf)) end
-if redis.call('HGET', hkey, 'st') == 'finished' then
-  redis.call('HSET', hkey, 'np', '')
-elseif res[1] == 0 then
-  -- The terminal event is already out (a callback won the race): this run is done.
-  finish_run(hkey, due, member, ARGV[4], ARGV[5], nil)
-else
-  redis.call('ZADD', due, ARGV[3], member)
-  redis.call('HSET', hkey, 'np', ARGV[3])
+"""
+
+SETTLE_MANY = _SETTLE_FN + """
+-- Record many polls in one round trip, each exactly as settle() alone would, one after another.
+-- KEYS: each poll's settle() keys in turn.
+-- ARGV[1]: JSON [[key count, [settle() args, all strings]], ...], one entry per poll, in
+--   order: one argument instead of a few dozen per poll, which the client packed one by one.
+-- Returns settle()'s answer per poll, in order.
+local out, ki = {}, 1
+for p, item in ipairs(cjson.decode(ARGV[1])) do
+  local K = {}
+  for i = 1, item[1] do K[i] = KEYS[ki + i - 1] end
+  out[p] = settle(K, item[2])
+  ki = ki + item[1]
 end
-return res
+return out
 """
 
 CALLBACK_PENDING = """
