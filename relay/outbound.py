@@ -18,7 +18,6 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from relay import __version__, netguard
-from relay.httpclient import Closed, HttpClient
 
 USER_AGENT = f"relay/{__version__}"
 RESPONSE_KEEP = 4096  # bytes of each answer kept in the attempt log
@@ -189,27 +188,31 @@ class Fetched:
 
 class ProviderClient:
     """Reads provider APIs. Their hosts come from the operator's configuration, not from API
-    users, so no SSRF guard applies; connections are kept alive across polls. One GET per poll
-    makes this the poller's hottest path, so it runs on relay's own small client
-    (relay.httpclient) rather than aiohttp."""
+    users, so no SSRF guard applies; connections are kept alive across polls."""
 
     def __init__(self, *, max_bytes: int, limit: int = 256) -> None:
         self._cap = max_bytes
-        self._http = HttpClient(max_bytes=max_bytes, limit=limit)
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=60,
+                                         enable_cleanup_closed=True)
+        self.session = aiohttp.ClientSession(connector=connector, trust_env=False,
+                                             headers={"user-agent": USER_AGENT})
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self.session.close()
 
     async def get(self, url: str, headers: dict[str, str], deadline: float) -> Fetched:
         started = time.perf_counter()
         try:
-            got = await self._http.get(url, headers, deadline)
+            async with asyncio.timeout(deadline):
+                async with self.session.get(url, headers=headers, allow_redirects=False,
+                                            timeout=aiohttp.ClientTimeout(total=None)) as resp:
+                    body = await _read_capped(resp, self._cap + 1)
+                    if len(body) > self._cap:
+                        return Fetched(resp.status, b"", _ms(started),
+                                       f"the answer is larger than {self._cap} bytes", None)
+                    return Fetched(resp.status, body, _ms(started), None,
+                                   resp.headers.get("retry-after"))
         except TimeoutError:
             return Fetched(None, b"", _ms(started), f"timed out after {deadline:g}s", None)
-        except (Closed, OSError, ValueError) as exc:
-            text = " ".join(f"{type(exc).__name__}: {exc or 'failed'}".split())[:500]
-            return Fetched(None, b"", _ms(started), text, None)
-        if got.too_big:
-            return Fetched(got.status, b"", _ms(started),
-                           f"the answer is larger than {self._cap} bytes", None)
-        return Fetched(got.status, got.body, _ms(started), None, got.retry_after)
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return Fetched(None, b"", _ms(started), _describe(exc), None)
