@@ -43,7 +43,7 @@ async def test_settles_sent_together_share_a_call_and_keep_per_run_answers(
         calls.append(len(items))
         return await send(items)
 
-    store._settles._send = counted
+    store._settles._write = counted
     next_ms = int((time.time() + 60) * 1000)
 
     def plain(run_id: str, token: str = "me") -> Any:
@@ -97,7 +97,7 @@ async def test_a_failing_batch_call_fails_each_of_its_polls(store: Store) -> Non
     async def broken(items: list[Any]) -> list[Any]:
         raise ConnectionError("Redis went away")
 
-    store._settles._send = broken
+    store._settles._write = broken
     results = await asyncio.gather(*(store.settle_run(
         "betterprompt", "f0", token="me", next_poll_ms=1, fields={}, event=None)
         for _ in range(3)), return_exceptions=True)

@@ -13,11 +13,16 @@ from redis import exceptions as rexc
 
 from relay import clock
 from relay.config import Settings
-from relay.errors import StorageUnavailable
 from relay.models import Subscription, SubscriptionStatus
 from relay.store import scripts
 from relay.store.batching import GroupCommit
-from relay.store.client import POOL_WAIT, drop_connections, make_client, storage_op
+from relay.store.client import (
+    POOL_WAIT,
+    drop_connections,
+    make_client,
+    storage_op,
+    writes_ahead_hang,
+)
 from relay.store.keys import GROUP, Keys, run_member
 from relay.store.paging import Page, page_index
 from relay.store.queue import Finish, QueueEntry, QueueMixin
@@ -85,11 +90,6 @@ def _sub_from_hash(h: dict[str, str]) -> Subscription:
     )
 
 
-def _writes_ahead_hang() -> StorageUnavailable:
-    return StorageUnavailable("storage is unavailable: Redis has not answered the writes ahead",
-                              reason="timeout")
-
-
 class Store(QueueMixin, RunsMixin):
     """Redis-backed storage for one key prefix."""
 
@@ -120,11 +120,11 @@ class Store(QueueMixin, RunsMixin):
         self._accept_many = r.register_script(scripts.ACCEPT_MANY)
         # Concurrent callbacks share one script call; see batching.py.
         self._accepts: GroupCommit[EventWrite, tuple[int, str]] = GroupCommit(
-            storage_op(self._accept_batch), max_wait=POOL_WAIT, overdue=_writes_ahead_hang)
+            storage_op(self._accept_batch), max_wait=POOL_WAIT, overdue=writes_ahead_hang)
         self._finish = r.register_script(scripts.FINISH)
         self._finish_many = r.register_script(scripts.FINISH_MANY)
         self._finishes: GroupCommit[Finish, str] = GroupCommit(
-            storage_op(self._finish_batch), max_wait=POOL_WAIT, overdue=_writes_ahead_hang)
+            storage_op(self._finish_batch), max_wait=POOL_WAIT, overdue=writes_ahead_hang)
         self._load = r.register_script(scripts.LOAD)
         self._defer = r.register_script(scripts.DEFER)
         self._promote = r.register_script(scripts.PROMOTE)

@@ -132,6 +132,12 @@ async def _waited(gate: asyncio.Semaphore) -> AsyncIterator[None]:
         gate.release()
 
 
+def writes_ahead_hang() -> StorageUnavailable:
+    """Why a batched write that never got to start fails (see batching.GroupCommit)."""
+    return StorageUnavailable("storage is unavailable: Redis has not answered the writes ahead",
+                              reason="timeout")
+
+
 def make_client(settings: Settings, url: str, *, max_connections: int,
                 socket_timeout: float = COMMAND_TIMEOUT,
                 health_check_interval: int = 10, retries: int = 2) -> Any:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from relay import clock
 from relay.store import scripts
-from relay.store.batch import Batcher, Item
-from relay.store.client import storage_op
+from relay.store.batching import GroupCommit
+from relay.store.client import POOL_WAIT, storage_op, writes_ahead_hang
 from relay.store.keys import Keys, run_member, split_member
 from relay.store.paging import Page, page_index
 from relay.store.scripts import Atomic
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
     from relay.config import Settings
     from relay.store import EventWrite
+
+# One poll's record: the keys and arguments of its step in scripts.SETTLE_MANY.
+Settle = tuple[list[str], list[Any]]
 
 PROVIDER_NAMES = ("betterprompt", "flora", "runflow")
 
@@ -51,7 +54,8 @@ class RunsMixin:
         self._pause = r.register_script(scripts.PAUSE)
         self._settle_many = r.register_script(scripts.SETTLE_MANY)
         # Polls finishing together are recorded in one script call (SETTLE_MANY).
-        self._settles = Batcher(self._send_settles)
+        self._settles: GroupCommit[Settle, Any] = GroupCommit(
+            self._send_settles, max_wait=POOL_WAIT, overdue=writes_ahead_hang, max_batch=256)
         self._pending = r.register_script(scripts.CALLBACK_PENDING)
 
     def _accept_parts(self, w: EventWrite) -> tuple[list[str], list[Any]]:
@@ -189,10 +193,10 @@ class RunsMixin:
             ekeys, eargs = self._accept_parts(event)
             keys += ekeys
             args += [a.decode() if isinstance(a, bytes) else str(a) for a in eargs]
-        code, value = await self._settles.submit(keys, args)
+        code, value = await self._settles.submit((keys, args))
         return int(code), str(value)
 
-    async def _send_settles(self, items: list[Item]) -> list[Any]:
+    async def _send_settles(self, items: list[Settle]) -> list[Any]:
         keys: list[str] = []
         for item_keys, _ in items:
             keys += item_keys
