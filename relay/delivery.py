@@ -95,7 +95,6 @@ class DeliveryWorker:
         # fast subscriber's backlog waits in memory for a slot rather than being parked for a
         # second; see _may_hold. The others are parked (see _park_due).
         self._held: dict[str, deque[tuple[QueueEntry, dict[str, str], str]]] = {}
-        self._held_count = 0
 
     # ---- loops --------------------------------------------------------------------------
 
@@ -133,7 +132,6 @@ class DeliveryWorker:
         """Wait for in-flight attempts; cancel what is left and hand it back to the queue."""
         held = [(entry, clock.now_ms()) for q in self._held.values() for entry, _, _ in q]
         self._held.clear()
-        self._held_count = 0
         if held:
             with contextlib.suppress(Exception):
                 await self.store.defer(held)
@@ -181,10 +179,13 @@ class DeliveryWorker:
             await asyncio.sleep(MAINTENANCE_EVERY)
 
     async def _free_slots(self) -> int:
-        while len(self._tasks) + self._held_count >= self.concurrency:
+        while len(self._tasks) + self._held_count() >= self.concurrency:
             self._slot_free.clear()
             await self._slot_free.wait()
-        return self.concurrency - len(self._tasks) - self._held_count
+        return self.concurrency - len(self._tasks) - self._held_count()
+
+    def _held_count(self) -> int:
+        return sum(map(len, self._held.values()))
 
     # ---- one pass, for tests and the CLI ------------------------------------------------
 
@@ -240,7 +241,6 @@ class DeliveryWorker:
             if self._by_sub[sub.id] >= self.per_subscription:
                 if self._may_hold(sub.id):
                     self._held.setdefault(sub.id, deque()).append((entry, delivery, body))
-                    self._held_count += 1
                     continue
                 # This subscriber is slow: park the delivery instead of taking a slot every
                 # other subscriber needs. No attempt is counted.
@@ -277,14 +277,12 @@ class DeliveryWorker:
         if not held or self._stopping:
             return
         entry, delivery, body = held.popleft()
-        self._held_count -= 1
         if not held:
             del self._held[sub_id]
         sub = self.relay.subs.subs.get(sub_id)
         if sub is None or sub.status is not SubscriptionStatus.ENABLED:
             # Disabled or deleted while it waited: settle it and whatever else is held for it.
             rest = [entry] + [e for e, _, _ in self._held.pop(sub_id, ())]
-            self._held_count -= len(rest) - 1
             task = asyncio.create_task(self._cancel_held(rest, sub_id))
             self._tasks.add(task)
             task.add_done_callback(self._finished)

@@ -213,7 +213,6 @@ class Poller:
         self._wake = asyncio.Event()
         self._wake_at = 0.0
         self._stopping = False
-        self._polls: dict[tuple[str, str], Any] = {}
 
     # ---- loops --------------------------------------------------------------------------
 
@@ -327,7 +326,7 @@ class Poller:
                 metrics.POLL_LAG.observe(max(sent - run.next_poll, 0.0))
             result = await read_run(self.client, adapter, run.run_id, run.technique_id,
                                     self.deadline)
-            self._polls_counter(provider, result.kind).inc()
+            metrics.labelled(metrics.POLLS, provider, result.kind).inc()
             decision = decide(run, result, now=clock.now(), settings=self.settings,
                               wraps_outputs=adapter.wraps_outputs)
             if decision.pause_until is not None:
@@ -342,13 +341,6 @@ class Poller:
             log.warning("poll_not_settled", provider=provider, run_id=run_id, error=str(exc))
         except Exception:
             log.exception("poll_crashed", provider=provider, run_id=run_id)
-
-    def _polls_counter(self, provider: str, kind: str) -> Any:
-        """The relay_polls_total child for (provider, kind), looked up once."""
-        child = self._polls.get((provider, kind))
-        if child is None:
-            child = self._polls[(provider, kind)] = metrics.POLLS.labels(provider, kind)
-        return child
 
     async def _expire(self, run: TrackedRun) -> None:
         now = clock.now()
@@ -372,7 +364,7 @@ class Poller:
         else:
             code, value = await self.relay.store_matched(event, write=write)
             if code == 1:
-                metrics.EVENTS.labels(run.provider, event.event, event.source).inc()
+                metrics.labelled(metrics.EVENTS, run.provider, event.event, event.source).inc()
                 log.info("run_event", provider=run.provider, run_id=run.run_id,
                          event_id=value, event_type=event.event, status=event.status)
         if decision.next_poll and code in (1, 5) and decision.next_poll < self._wake_at:

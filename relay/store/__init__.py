@@ -116,15 +116,13 @@ class Store(QueueMixin, RunsMixin):
                                               health_check_interval=0, retries=0)
         self._retention = max(1, int(settings.event_retention))
         r = self.redis
-        self._accept = r.register_script(scripts.ACCEPT)
         self._accept_many = r.register_script(scripts.ACCEPT_MANY)
         # Concurrent callbacks share one script call; see batching.py.
         self._accepts: GroupCommit[EventWrite, tuple[int, str]] = GroupCommit(
-            storage_op(self._accept_batch), max_wait=POOL_WAIT, overdue=writes_ahead_hang)
-        self._finish = r.register_script(scripts.FINISH)
+            self._accept_batch, max_wait=POOL_WAIT, overdue=writes_ahead_hang)
         self._finish_many = r.register_script(scripts.FINISH_MANY)
         self._finishes: GroupCommit[Finish, str] = GroupCommit(
-            storage_op(self._finish_batch), max_wait=POOL_WAIT, overdue=writes_ahead_hang)
+            self._finish_batch, max_wait=POOL_WAIT, overdue=writes_ahead_hang)
         self._load = r.register_script(scripts.LOAD)
         self._defer = r.register_script(scripts.DEFER)
         self._promote = r.register_script(scripts.PROMOTE)
@@ -226,10 +224,6 @@ class Store(QueueMixin, RunsMixin):
         return await self._accepts.submit(w)
 
     async def _accept_batch(self, writes: list[EventWrite]) -> list[tuple[int, str]]:
-        if len(writes) == 1:
-            one_keys, one_args = self._accept_parts(writes[0])
-            code, value = await self._accept(keys=one_keys, args=one_args)
-            return [(int(code), str(value))]
         k = self.keys
         keys = [k.events, k.subs_version, k.queue, k.deliveries]
         args: list[Any] = [clock.now_ms(), self._retention]

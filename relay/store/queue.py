@@ -58,7 +58,6 @@ class QueueMixin:
     blocking: Any
     _retention: int
     _load: Any
-    _finish: Any
     _finish_many: Any
     _finishes: GroupCommit[Finish, str]
     _defer: Any
@@ -123,6 +122,7 @@ class QueueMixin:
             out.append((dict(zip(flat[::2], flat[1::2], strict=True)), rows[i + 1] or None))
         return str(version or "0"), out
 
+    @storage_op
     async def finish(
         self,
         entry: QueueEntry,
@@ -136,21 +136,7 @@ class QueueMixin:
         calls share one script (the group commit of batching.py)."""
         return await self._finishes.submit(Finish(entry, sub_id, outcome, attempt, next_due_ms))
 
-    def _finish_parts(self, f: Finish) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of the Lua finish() function (scripts.py) for one attempt."""
-        k, entry = self.keys, f.entry
-        keys = [k.delivery(entry.delivery_id), k.attempts(entry.delivery_id), k.queue, k.retry,
-                k.dead, k.sub(f.sub_id), k.subs_version]
-        args = [entry.entry_id, entry.retry_member, f.outcome,
-                json.dumps(f.attempt, separators=(",", ":")) if f.attempt else "",
-                clock.now_ms(), f.next_due_ms, self._retention,
-                int(self.settings.disable_after * 1000), ATTEMPT_LOG_CAP, entry.generation]
-        return keys, args
-
     async def _finish_batch(self, batch: list[Finish]) -> list[str]:
-        if len(batch) == 1:
-            one_keys, one_args = self._finish_parts(batch[0])
-            return [str(await self._finish(keys=one_keys, args=one_args))]
         k = self.keys
         keys = [k.queue, k.retry, k.dead, k.subs_version]
         args: list[Any] = [self._retention, int(self.settings.disable_after * 1000),

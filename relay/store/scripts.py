@@ -87,11 +87,6 @@ local function accept(K, A)
 end
 """
 
-ACCEPT = _ACCEPT_FN + """
--- KEYS and ARGV: as accept() above.
-return accept(KEYS, ARGV)
-"""
-
 # Many accept() calls in one script: the group commit of concurrent callbacks (batching.py).
 # What every event shares goes once, so an event packs 17 values (and 4 per delivery), not 24.
 ACCEPT_MANY = _ACCEPT_FN + """
@@ -339,11 +334,6 @@ local function finish(K, A)
   end
   return new
 end
-"""
-
-FINISH = _FINISH_FN + """
--- KEYS and ARGV: as finish() above.
-return finish(KEYS, ARGV)
 """
 
 # Many finish() calls in one script: concurrent attempts settle together (batching.py).
