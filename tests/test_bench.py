@@ -25,7 +25,7 @@ def test_tiny_bench_runs_every_section_and_writes_json(tmp_path: Path) -> None:
     """Not a performance check: every section runs on a tiny size and reports its figures."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "relay.bench", "--tiny", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--tiny", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=140,
     )
     report = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
@@ -69,7 +69,7 @@ def test_tiny_bench_runs_every_section_and_writes_json(tmp_path: Path) -> None:
 
 
 def test_only_rejects_an_unknown_section() -> None:
-    proc = subprocess.run([sys.executable, "-m", "relay.bench", "--only", "ingest,nope"],
+    proc = subprocess.run([sys.executable, "-m", "bench", "--only", "ingest,nope"],
                           cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "--only" in proc.stderr
 
@@ -78,7 +78,7 @@ def test_only_rejects_an_unknown_section() -> None:
 def test_tiny_polling_bench_prints_its_figures_and_exits_0(tmp_path: Path) -> None:
     out = tmp_path / "polling.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "relay.bench.polling", "--tiny", "--out", str(out)],
+        [sys.executable, "-m", "bench.polling", "--tiny", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=85,
     )
     report = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"

@@ -20,7 +20,7 @@ def test_chaos_run_with_worker_kills_and_redis_restarts_loses_nothing(tmp_path: 
     # Faults every 1-2 s over ~5 s of traffic: the first is a worker SIGKILL, the second a
     # Redis SIGKILL and restart from its AOF, so both happen while callbacks are in flight.
     proc = subprocess.run(
-        [sys.executable, "-m", "relay.bench.chaos", "--callbacks", "300", "--runs", "30",
+        [sys.executable, "-m", "bench.chaos", "--callbacks", "300", "--runs", "30",
          "--rate", "60", "--fault-every", "1", "2", "--drain-timeout", "60", "--seed", "7",
          "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=140,

@@ -46,3 +46,20 @@ def rate_limit(settings: Settings, provider: str) -> float | None:
     if provider == "flora":
         return settings.flora.rate_limit
     return None
+
+
+# The registry's read side, which the API, OpenAPI document, CLI and scheduler read.
+# (Interim: the names are still written out here until the registry declares each provider once.)
+def names() -> tuple[str, ...]:
+    """Every provider relay knows, sorted."""
+    return ("betterprompt", "flora", "runflow")
+
+
+def callback_names() -> tuple[str, ...]:
+    """The providers that may call relay back (a `/callbacks/<name>` route each)."""
+    return ("flora", "runflow")
+
+
+def poll_names() -> tuple[str, ...]:
+    """The providers whose runs relay can poll (given an API key)."""
+    return ("betterprompt", "flora", "runflow")

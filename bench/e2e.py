@@ -10,10 +10,10 @@ from typing import Any
 
 import aiohttp
 
-from relay.bench import payloads
-from relay.bench.procs import BenchError
-from relay.bench.report import percentile
-from relay.bench.stacks import CALLBACK_PATH, Stack
+from bench import payloads
+from bench.procs import BenchError
+from bench.report import percentile
+from bench.stacks import CALLBACK_PATH, Stack
 
 
 @dataclass

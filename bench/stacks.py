@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from relay.bench import payloads
-from relay.bench.procs import (
+from bench import payloads
+from bench.procs import (
     BenchError,
     Child,
     Children,
@@ -96,7 +96,7 @@ def start_baseline(children: Children, workdir: Path, runflow_secret: str) -> St
     redis, redis_url = start_redis(children, redis_binary(), workdir / "redis")
     port = free_port()
     app = children.start("baseline", python_module(
-        "relay.bench.baseline", "--port", str(port), "--redis-url", redis_url), clean_env())
+        "bench.baseline", "--port", str(port), "--redis-url", redis_url), clean_env())
     stack = Stack(f"http://127.0.0.1:{port}", runflow_secret, [redis, app])
     wait_until(http_ready(f"{stack.base_url}/readyz", app), 30, "baseline app")
     return stack
@@ -130,7 +130,7 @@ def start_relay(children: Children, workdir: Path, runflow_secret: str, *,
                              f"{answer.text[:500]}")
         sub_env = clean_env(BENCH_SUBSCRIBER_SECRET=answer.json()["secret"])
         subscriber = children.start("subscriber", python_module(
-            "relay.bench.subscriber", "--port", str(sub_port)), sub_env)
+            "bench.subscriber", "--port", str(sub_port)), sub_env)
         stack.procs.append(subscriber)
         wait_until(http_ready(f"{stack.subscriber_url}/", subscriber), 30, "subscriber")
         stack.procs.append(children.start("relay-worker", python_module("relay", "worker"), env))

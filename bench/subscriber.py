@@ -6,7 +6,7 @@ subscription secret in BENCH_SUBSCRIBER_SECRET (when set). Arrival times are
 times the benchmark records in another process. `GET /arrivals?after=N` returns what arrived
 since the N-th event as `[run_id, webhook_id, arrival_ns]` rows.
 
-Run: `python -m relay.bench.subscriber --port 8002`
+Run: `python -m bench.subscriber --port 8002`
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class Recorder:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m relay.bench.subscriber")
+    parser = argparse.ArgumentParser(prog="python -m bench.subscriber")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()

@@ -10,7 +10,7 @@ the `time.monotonic_ns()` of the first and the latest of them (CLOCK_MONOTONIC i
 on Linux, so these compare with times taken in other processes) and how many distinct paths
 they went to. `GET /reset` zeroes all of it.
 
-Run: `python -m relay.bench.sink --port 8003`
+Run: `python -m bench.sink --port 8003`
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ async def serve(host: str, port: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m relay.bench.sink")
+    parser = argparse.ArgumentParser(prog="python -m bench.sink")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()

@@ -2,7 +2,7 @@
 
 `GET /v1/runs/{id}` answers the documented shape at once; with `--finish-after N` the N-th and
 later reads of a run answer it succeeded. `GET /stats` returns how many run reads it has served.
-Run: `python -m relay.bench.fakeprovider --port 8003 [--finish-after 3]`
+Run: `python -m bench.fakeprovider --port 8003 [--finish-after 3]`
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class FakeBetterPrompt:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m relay.bench.fakeprovider")
+    parser = argparse.ArgumentParser(prog="python -m bench.fakeprovider")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--finish-after", type=int, default=0,
                         help="answer a run succeeded from its N-th read on (0: never)")

@@ -1,4 +1,4 @@
-"""`python -m relay.bench`: the whole benchmark suite, printed as one table.
+"""`python -m bench`: the whole benchmark suite, printed as one table.
 
 Sections (all by default, `--only` picks some): ingest, e2e, delivery, fanout, polling,
 memory, soak, scaling. Every process it needs (redis-server, relay web and worker, the
@@ -16,14 +16,14 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
-from relay.bench import runner, suite
-from relay.bench.procs import BenchError, Children
-from relay.bench.wrk import INSTALL_HINT
+from bench import runner, suite
+from bench.procs import BenchError, Children
+from bench.wrk import INSTALL_HINT
 
 
 def parse_args(argv: list[str] | None) -> tuple[runner.Config, Path | None]:
     parser = argparse.ArgumentParser(
-        prog="python -m relay.bench",
+        prog="python -m bench",
         description="relay's benchmark suite: ingest against a bare Starlette+XADD baseline "
                     "(wrk), end-to-end latency, delivery rate against a plain aiohttp loop, "
                     "fan-out, polling, memory, an RSS soak and 2+2-process scaling; one table.")
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(INSTALL_HINT, file=sys.stderr)
         return 2
     if shutil.which("redis-server") is None:
-        print("relay.bench: redis-server is not installed; install it with "
+        print("bench: redis-server is not installed; install it with "
               "`apt-get install -y redis-server`", file=sys.stderr)
         return 2
     # Ctrl-C raises KeyboardInterrupt even when the shell started us with SIGINT ignored.
@@ -117,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             doc = runner.run_all(cfg, children, Path(tmp))
         except BenchError as exc:
-            print(f"relay.bench: {exc}", file=sys.stderr)
+            print(f"bench: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            print("relay.bench: interrupted; stopping every process it started", file=sys.stderr)
+            print("bench: interrupted; stopping every process it started", file=sys.stderr)
             return 130
         finally:
             # A second Ctrl-C (or a SIGTERM) must not cut the clean-up short.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from relay.bench import payloads
+from bench import payloads
 
 CALLBACK_PATH = "/callbacks/runflow"
 # How long a sender keeps retrying one request before it gives up on it (reported, not lost:

@@ -236,10 +236,16 @@ def start_redis(children: Children, binary: str, workdir: Path, *, port: int | N
     return child, f"redis://127.0.0.1:{port}/0"
 
 
+# The repository root: the folder that holds the `bench` package.
+_ROOT = Path(__file__).resolve().parent.parent
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The benchmark's environment without any inherited relay or provider settings."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("RELAY_", "RUNFLOW_", "FLORA_", "BETTERPROMPT_", "REDIS_"))}
     env["PYTHONUNBUFFERED"] = "1"
+    # The suite's own modules (`python -m bench.sink`) are found from any working directory.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env

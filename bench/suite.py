@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from relay.bench import delivery, fanout, memory, polling, scaling, soak
-from relay.bench.procs import Children
-from relay.bench.report import Row
+from bench import delivery, fanout, memory, polling, scaling, soak
+from bench.procs import Children
+from bench.report import Row
 
 SECTIONS = ("ingest", "e2e", "delivery", "fanout", "polling", "memory", "soak", "scaling")
 # The order sections run in: the long soak last, so a failure elsewhere shows early.

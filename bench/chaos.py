@@ -1,4 +1,4 @@
-"""`python -m relay.bench.chaos`: traffic while workers and Redis are killed; then what was lost.
+"""`python -m bench.chaos`: traffic while workers and Redis are killed; then what was lost.
 
 It starts its own `redis-server` (AOF, `appendfsync always` unless told otherwise), two
 `relay web` and two `relay worker` processes, recording subscribers that check every signature,
@@ -29,9 +29,9 @@ from typing import Any
 
 import httpx
 
-from relay.bench.chaos_check import Reconciled, Reconciler
-from relay.bench.chaos_load import Sent, send_callbacks, track_runs
-from relay.bench.procs import (
+from bench.chaos_check import Reconciled, Reconciler
+from bench.chaos_load import Sent, send_callbacks, track_runs
+from bench.procs import (
     BenchError,
     Child,
     Children,
@@ -42,7 +42,7 @@ from relay.bench.procs import (
     start_redis,
     wait_until,
 )
-from relay.bench.stacks import redis_binary
+from bench.stacks import redis_binary
 
 # Requests (each with its retries) the senders keep open at once: the offered rate slows down
 # when relay does. Unbounded, thousands of requests queue inside httpx's connection pool, whose
@@ -97,7 +97,7 @@ class ChaosStack:
         self._start_redis()
         fake_port = free_port()
         fake = self.children.start("fake-betterprompt", python_module(
-            "relay.bench.fakeprovider", "--port", str(fake_port),
+            "bench.fakeprovider", "--port", str(fake_port),
             "--finish-after", str(self.cfg.finish_after)), clean_env())
         wait_until(http_ready(f"http://127.0.0.1:{fake_port}/stats", fake), 30, "fake provider")
         claim = self.cfg.claim_timeout
@@ -142,7 +142,7 @@ class ChaosStack:
             raise BenchError(f"POST /v1/subscriptions answered {answer.status_code}: "
                              f"{answer.text[:300]}")
         child = self.children.start(name, python_module(
-            "relay.bench.subscriber", "--port", str(port)),
+            "bench.subscriber", "--port", str(port)),
             clean_env(BENCH_SUBSCRIBER_SECRET=answer.json()["secret"]))
         wait_until(http_ready(f"{url}/", child), 30, name)
         self.subscribers[name] = url
@@ -318,7 +318,7 @@ def render(r: Result) -> str:
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, Path | None, bool]:
-    p = argparse.ArgumentParser(prog="python -m relay.bench.chaos",
+    p = argparse.ArgumentParser(prog="python -m bench.chaos",
                                 description=(__doc__ or "").split("\n\n")[1],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = Config()
@@ -360,10 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(cfg, children, tmp)
     except BenchError as exc:
-        print(f"relay.bench.chaos: {exc}", file=sys.stderr)
+        print(f"bench.chaos: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("relay.bench.chaos: interrupted; stopping every process it started",
+        print("bench.chaos: interrupted; stopping every process it started",
               file=sys.stderr)
         return 130
     finally:

@@ -18,8 +18,8 @@ from typing import TypeVar
 
 import httpx
 
-from relay.bench import payloads
-from relay.bench.procs import (
+from bench import payloads
+from bench.procs import (
     BenchError,
     Child,
     Children,
@@ -30,7 +30,7 @@ from relay.bench.procs import (
     start_redis,
     wait_until,
 )
-from relay.bench.stacks import CALLBACK_PATH, redis_binary, relay_env
+from bench.stacks import CALLBACK_PATH, redis_binary, relay_env
 from relay.config import Settings
 from relay.providers.base import CallbackContext
 from relay.providers.runflow import Runflow
@@ -218,7 +218,7 @@ def start_fleet(children: Children, workdir: Path, extra_env: dict[str, str] | N
     """redis-server (AOF everysec) and the sink; no relay process yet."""
     redis, redis_url = start_redis(children, redis_binary(), workdir / "redis")
     port = free_port()
-    sink = children.start("sink", python_module("relay.bench.sink", "--port", str(port)),
+    sink = children.start("sink", python_module("bench.sink", "--port", str(port)),
                           clean_env())
     sink_url = f"http://127.0.0.1:{port}"
     wait_until(http_ready(f"{sink_url}/count", sink), 30, "sink")

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relay.bench.fleet import Fleet, start_fleet
-from relay.bench.procs import BenchError, Children, clean_env, python_module
-from relay.bench.report import Row, median, verdict
+from bench.fleet import Fleet, start_fleet
+from bench.procs import BenchError, Children, clean_env, python_module
+from bench.report import Row, median, verdict
 from relay.delivery import DeliveryWorker
 
 # The slots one worker gives one subscription (DeliveryWorker's default per_subscription).
@@ -86,7 +86,7 @@ def plain_loop(fleet: Fleet, bodies: list[tuple[str, str]], workdir: Path,
     path.write_text("".join(json.dumps({"id": i, "body": b}) + "\n" for i, b in bodies))
     fleet.sink_reset()
     child = fleet.children.start("plain-aiohttp", python_module(
-        "relay.bench.plainloop", "--url", f"{fleet.sink_url}/d", "--bodies", str(path),
+        "bench.plainloop", "--url", f"{fleet.sink_url}/d", "--bodies", str(path),
         "--concurrency", str(concurrency)), clean_env())
     try:
         child.proc.wait(120 + len(bodies) / 200)

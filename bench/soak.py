@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from relay.bench import load
-from relay.bench.fleet import run_async, start_fleet
-from relay.bench.procs import Children
-from relay.bench.report import Row, verdict
+from bench import load
+from bench.fleet import run_async, start_fleet
+from bench.procs import Children
+from bench.report import Row, verdict
 
 TARGET_PCT = 10.0
 MIB = 2**20

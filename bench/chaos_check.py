@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from relay.bench.chaos_load import Sent
+from bench.chaos_load import Sent
 
 TERMINAL = {"run.completed", "run.failed", "run.cancelled", "run.partial_succeeded",
             "run.expired"}
@@ -57,7 +57,7 @@ class Reconciled:
 
 
 class Arrivals:
-    """Every `webhook-id` one recording subscriber (relay.bench.subscriber) has received."""
+    """Every `webhook-id` one recording subscriber (bench.subscriber) has received."""
 
     def __init__(self, name: str, url: str) -> None:
         self.name, self.url = name, url

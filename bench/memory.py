@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relay.bench import load
-from relay.bench.fleet import rss_mib, run_async, start_fleet
-from relay.bench.procs import Children
-from relay.bench.report import Row, median, verdict
+from bench import load
+from bench.fleet import rss_mib, run_async, start_fleet
+from bench.procs import Children
+from bench.report import Row, median, verdict
 
 WARMUP = 20
 CONCURRENCY = 32

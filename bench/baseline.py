@@ -4,7 +4,7 @@ Verifying, parsing, deduplicating and storing a callback cannot be cheaper than 
 plus one Redis round trip, so relay's ingest rate is reported as a ratio of this app's rate,
 measured in the same run on the same uvicorn settings (uvloop, httptools, one process).
 
-Run: `python -m relay.bench.baseline --port 8001 --redis-url redis://127.0.0.1:6379/0`
+Run: `python -m bench.baseline --port 8001 --redis-url redis://127.0.0.1:6379/0`
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def create_app(redis_url: str, *, max_connections: int = 64) -> Starlette:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m relay.bench.baseline")
+    parser = argparse.ArgumentParser(prog="python -m bench.baseline")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--redis-url", required=True)

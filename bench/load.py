@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from relay.bench import payloads
-from relay.bench.stacks import CALLBACK_PATH
+from bench import payloads
+from bench.stacks import CALLBACK_PATH
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`python -m relay.bench.polling`: one `relay worker` polling 10,000 tracked runs.
+"""`python -m bench.polling`: one `relay worker` polling 10,000 tracked runs.
 
 Against a fast local fake BetterPrompt it measures (1) the polls per second one worker
 process sustains when every run is always due, with Redis commands per poll and Redis memory
@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from relay.bench.procs import (
+from bench.procs import (
     BenchError,
     Child,
     Children,
@@ -37,8 +37,8 @@ from relay.bench.procs import (
     start_redis,
     wait_until,
 )
-from relay.bench.report import Row, median, verdict
-from relay.bench.stacks import redis_binary
+from bench.report import Row, median, verdict
+from bench.stacks import redis_binary
 from relay.config import Settings
 from relay.runs import TrackedRun
 from relay.store import Store, open_store
@@ -241,7 +241,7 @@ def measure_once(children: Children, workdir: Path, runs: int, rate: float,
     redis, redis_url = start_redis(children, redis_binary(), workdir / "redis")
     port = free_port()
     fake = children.start("fake-provider", python_module(
-        "relay.bench.fakeprovider", "--port", str(port)), clean_env())
+        "bench.fakeprovider", "--port", str(port)), clean_env())
     try:
         fake_url = f"http://127.0.0.1:{port}"
         wait_until(http_ready(f"{fake_url}/stats", fake), 30, "fake provider")
@@ -302,7 +302,7 @@ def rows(doc: dict[str, Any]) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m relay.bench.polling", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.polling", description=__doc__)
     parser.add_argument("--runs", type=int, default=10_000, help="tracked runs (10,000)")
     parser.add_argument("--rate", type=float, default=2000.0,
                         help="steady-load polls per second for the lag figure (2,000)")
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             result = measure_once(children, Path(tmp), args.runs, args.rate, args.window,
                                   capacity_only=args.capacity_only, profile=args.profile)
         except BenchError as exc:
-            print(f"relay.bench.polling: {exc}", file=sys.stderr)
+            print(f"bench.polling: {exc}", file=sys.stderr)
             return 1
         finally:
             children.close()

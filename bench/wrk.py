@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from relay.bench.procs import BenchError, Child, Children
+from bench.procs import BenchError, Child, Children
 
-INSTALL_HINT = "relay.bench: wrk is not installed; install it with `apt-get install -y wrk`"
+INSTALL_HINT = "bench: wrk is not installed; install it with `apt-get install -y wrk`"
 
 # setup() runs in wrk's main Lua state, init()/request()/response() in each thread's state,
 # done() in the main state again: it sums what the threads counted through thread:get().

@@ -12,11 +12,11 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from relay.bench import delivery, payloads, wrk
-from relay.bench.fleet import start_fleet
-from relay.bench.procs import Children
-from relay.bench.report import Row, median, rps, verdict
-from relay.bench.stacks import CALLBACK_PATH
+from bench import delivery, payloads, wrk
+from bench.fleet import start_fleet
+from bench.procs import Children
+from bench.report import Row, median, rps, verdict
+from bench.stacks import CALLBACK_PATH
 
 PROCESSES = 2
 

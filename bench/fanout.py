@@ -14,11 +14,11 @@ from typing import Any
 
 import httpx
 
-from relay.bench import payloads
-from relay.bench.fleet import Fleet, start_fleet
-from relay.bench.procs import BenchError, Children
-from relay.bench.report import Row, median, ms, verdict
-from relay.bench.stacks import CALLBACK_PATH
+from bench import payloads
+from bench.fleet import Fleet, start_fleet
+from bench.procs import BenchError, Children
+from bench.report import Row, median, ms, verdict
+from bench.stacks import CALLBACK_PATH
 
 TARGET_MS = 250.0
 

@@ -6,7 +6,7 @@ size), and POSTs them all to `--url` with `--concurrency` requests in flight. No
 retries, no bookkeeping: a relay worker's delivery rate is reported as a ratio of this rate.
 It prints one line, `BENCH_JSON {...}`, with the count, errors, seconds and CPU seconds.
 
-Run: `python -m relay.bench.plainloop --url http://127.0.0.1:8003/d --bodies bodies.jsonl`
+Run: `python -m bench.plainloop --url http://127.0.0.1:8003/d --bodies bodies.jsonl`
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ async def post_all(url: str, bodies: list[tuple[str, bytes]], concurrency: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m relay.bench.plainloop")
+    parser = argparse.ArgumentParser(prog="python -m bench.plainloop")
     parser.add_argument("--url", required=True)
     parser.add_argument("--bodies", type=Path, required=True)
     parser.add_argument("--concurrency", type=int, default=64)

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relay.bench import e2e, payloads, suite, wrk
-from relay.bench.procs import Children, CpuWindow, cpu_busy
-from relay.bench.report import Row, median, ms, rps, table, us_as_ms, verdict
-from relay.bench.stacks import CALLBACK_PATH, Stack, pause_for_quiet, start_baseline, start_relay
+from bench import e2e, payloads, suite, wrk
+from bench.procs import Children, CpuWindow, cpu_busy
+from bench.report import Row, median, ms, rps, table, us_as_ms, verdict
+from bench.stacks import CALLBACK_PATH, Stack, pause_for_quiet, start_baseline, start_relay
 
 WARMUP = 20
 KINDS = {
@@ -248,7 +248,7 @@ def render(doc: dict[str, Any]) -> str:
     single = (doc["ingest"]["relay"]["median"]["rps"]
               if "relay" in doc.get("ingest", {}) else None)
     rows.extend(suite.rows(doc, single))
-    title = (f"relay.bench: {doc['machine']['cpus']} CPUs, Python {doc['machine']['python']}, "
+    title = (f"bench: {doc['machine']['cpus']} CPUs, Python {doc['machine']['python']}, "
              f"median of {cfg['runs']} run(s), each section on a fresh redis (AOF everysec)")
     if "ingest" in doc:
         title += (f"; {doc['callback_body_bytes']}-byte callbacks; ingest: wrk "
