@@ -253,7 +253,7 @@ async def test(relay: Relay, sub_id: str, as_json: bool) -> None:
 def callback_url(provider: str, channels: tuple[str, ...], metadata: str | None,
                  technique_id: str | None, as_json: bool) -> None:
     """Mint a signed callback URL to give a provider when starting a run."""
-    from relay.signing import TokenSigner
+    from relay.signing import CallbackClaims, TokenSigner
     from relay.web import validate as v
 
     settings = load_settings()
@@ -266,18 +266,13 @@ def callback_url(provider: str, channels: tuple[str, ...], metadata: str | None,
     message = _problems_line(problems)
     if message:
         fail(message)
-    claims: dict[str, Any] = {"p": provider}
-    if chosen:
-        claims["c"] = chosen
+    meta = None
     if metadata is not None:
         try:
             meta = json.loads(metadata)
         except ValueError as exc:
             fail(f"--metadata is not valid JSON: {exc}")
-        if meta is not None:
-            claims["m"] = meta
-    if technique:
-        claims["t"] = technique
+    claims = CallbackClaims(provider, tuple(chosen or ()), meta, technique)
     if settings.secret_key is not None:
         key = settings.secret_key.reveal()
     else:
@@ -286,8 +281,7 @@ def callback_url(provider: str, channels: tuple[str, ...], metadata: str | None,
         from relay.embedded import local_secret
 
         key, _ = local_secret(settings.data_dir, "secret-key", ids.api_key)
-    token = TokenSigner(key).dumps(claims)
-    url = f"{settings.public_url}/callbacks/{provider}/{token}"
+    url = TokenSigner(key).url(settings.public_url, claims)
     if as_json:
         _emit_json({"url": url})
     else:

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -83,21 +84,59 @@ def verify_flora_signature(header: str | None, body: bytes, secrets: Iterable[st
     return None if ok else "Flora-Signature does not match the body"
 
 
+@dataclass(frozen=True)
+class CallbackClaims:
+    """What a callback-URL token carries: signed, never encrypted, and attached to the events of
+    runs called back through it. In the token under one-letter keys, to keep URLs short."""
+
+    provider: str
+    channels: tuple[str, ...] = ()
+    metadata: Any = None
+    technique_id: str | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"p": self.provider}
+        if self.channels:
+            doc["c"] = list(self.channels)
+        if self.metadata is not None:
+            doc["m"] = self.metadata
+        if self.technique_id:
+            doc["t"] = self.technique_id
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> CallbackClaims:
+        """The claims of a token's payload; InvalidToken when it is not the shape minted."""
+        if not isinstance(doc, dict) or not isinstance(doc.get("p"), str):
+            raise InvalidToken("the callback token is not valid")
+        channels = doc.get("c") or []
+        technique = doc.get("t")
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels) \
+                or not (technique is None or isinstance(technique, str)):
+            raise InvalidToken("the callback token is not valid")
+        return cls(doc["p"], tuple(channels), doc.get("m"), technique or None)
+
+
 class TokenSigner:
-    """Callback-URL tokens: what a token carries is signed, never encrypted."""
+    """Signs and reads callback-URL tokens with RELAY_SECRET_KEY."""
 
     def __init__(self, secret_key: str) -> None:
         self._serializer = URLSafeSerializer(secret_key, salt="relay.callback-url")
 
-    def dumps(self, claims: dict[str, Any]) -> str:
-        return str(self._serializer.dumps(claims))
+    def dumps(self, claims: CallbackClaims) -> str:
+        return str(self._serializer.dumps(claims.to_doc()))
 
-    def loads(self, token: str, *, provider: str) -> dict[str, Any]:
+    def url(self, public_url: str, claims: CallbackClaims) -> str:
+        """The callback URL to give the provider: its route carries the signed token."""
+        return f"{public_url}/callbacks/{claims.provider}/{self.dumps(claims)}"
+
+    def loads(self, token: str, *, provider: str) -> CallbackClaims:
         """The token's claims; InvalidToken when forged, malformed or for another provider."""
         try:
-            claims = self._serializer.loads(token)
+            doc = self._serializer.loads(token)
         except (BadSignature, UnicodeDecodeError, ValueError):
             raise InvalidToken("the callback token is not valid") from None
-        if not isinstance(claims, dict) or claims.get("p") != provider:
+        claims = CallbackClaims.from_doc(doc)
+        if claims.provider != provider:
             raise InvalidToken(f"the callback token was not minted for {provider}")
         return claims

@@ -17,6 +17,7 @@ from relay.providers.base import merge_metadata
 from relay.providers.flora import Flora, event_from_callback
 from relay.runs import TrackedRun, run_event
 from relay.service import Accepted, Relay
+from relay.signing import CallbackClaims
 from relay.store.runs import PROVIDER_NAMES
 
 log = structlog.get_logger("relay.tracking")
@@ -93,7 +94,7 @@ class Tracking:
 
     # ---- FLORA callbacks ----------------------------------------------------------------
 
-    async def flora_callback(self, flora: Flora, body: bytes, claims: dict[str, Any],
+    async def flora_callback(self, flora: Flora, body: bytes, claims: CallbackClaims | None,
                              observed_at: float) -> tuple[Accepted, str, str]:
         """Accept a verified FLORA callback: read the run at once for its outputs, or leave the
         callback for the poller when the run cannot be read yet. Returns (answer, event type,
@@ -105,10 +106,10 @@ class Tracking:
             return Accepted(seen, duplicate=True), kind, cb.run_id
         h = await self.store.get_run("flora", cb.run_id)
         run = TrackedRun.from_hash(h) if h else None
-        token_channels = [str(c) for c in claims.get("c") or ()]
-        channels = list(dict.fromkeys([*(run.channels if run else []), *token_channels]))
-        metadata = merge_metadata(run.metadata if run else None, claims.get("m"))
-        technique = (run.technique_id if run else None) or claims.get("t") or None
+        attached = claims or CallbackClaims("flora")
+        channels = list(dict.fromkeys([*(run.channels if run else []), *attached.channels]))
+        metadata = merge_metadata(run.metadata if run else None, attached.metadata)
+        technique = (run.technique_id if run else None) or attached.technique_id
         context = CallbackContext(observed_at=observed_at, channels=tuple(channels),
                                   metadata=metadata, claims=claims)
         adapter = self.providers.get("flora")

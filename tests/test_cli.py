@@ -16,7 +16,7 @@ import pytest
 from relay.delivery import DeliveryWorker
 from relay.outbound import Outbound
 from relay.service import Relay
-from relay.signing import TokenSigner
+from relay.signing import CallbackClaims, TokenSigner
 from tests.helpers import (
     ROOT,
     SECRET_KEY,
@@ -149,7 +149,7 @@ async def test_callback_url_carries_channels_and_metadata_into_the_event(
     assert url.startswith(prefix)
     token = url.removeprefix(prefix)
     claims = TokenSigner(SECRET_KEY).loads(token, provider="runflow")
-    assert claims == {"p": "runflow", "c": ["a"], "m": {"job": 7}}
+    assert claims == CallbackClaims("runflow", ("a",), {"job": 7})
 
     body = runflow_body("run-cli-1")
     r = await client.post(f"/callbacks/runflow/{token}", content=body,

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.config import Settings
-from relay.signing import TokenSigner
+from relay.signing import CallbackClaims, TokenSigner
 from tests.fakes import FLORA_SECRET, flora_signature
 from tests.helpers import (
     API_KEY,
@@ -214,7 +214,8 @@ async def test_any_body_with_a_valid_signature_is_answered_in_the_contract_shape
     """Valid signatures (and tokens) over any body reach parsing: 200, 400, 413 or 422, always
     in the documented shape, never a 5xx."""
     provider = route.rsplit("/", 1)[1]
-    path = route if token is None else f"{route}/{signer().dumps({**token, 'p': provider})}"
+    path = route if token is None else \
+        f"{route}/{signer().dumps(CallbackClaims.from_doc({**token, 'p': provider}))}"
     headers = ({"runflow-signature": runflow_signature(body)} if provider == "runflow"
                else {"flora-signature": flora_signature(body)})
     r = await app.post(path, content=body, headers=headers)
@@ -298,14 +299,15 @@ async def test_forged_truncated_or_junk_tokens_are_401_invalid_token(
     """A token signed with another key, cut short, tampered, base64 junk, any text, or minted
     for the other provider: 401 invalid_token even with a valid body signature."""
     provider = route.rsplit("/", 1)[1]
-    good = signer().dumps({**claims, "p": provider})
+    def minted(key: TokenSigner, for_provider: str) -> str:
+        return key.dumps(CallbackClaims.from_doc({**claims, "p": for_provider}))
+
+    good = minted(signer(), provider)
     token = {
-        "other_secret": signer("another-secret-key-0123456789abcd").dumps(
-            {**claims, "p": provider}),
+        "other_secret": minted(signer("another-secret-key-0123456789abcd"), provider),
         "truncated": good[:max(1, len(good) - cut)],
         "junk": base64.urlsafe_b64encode(junk).decode().rstrip("=") or "x",
-        "other_provider": signer().dumps({**claims, "p": "flora" if provider == "runflow"
-                                          else "runflow"}),
+        "other_provider": minted(signer(), "flora" if provider == "runflow" else "runflow"),
         "text": quote(text, safe=""),  # any text, percent-encoded as a client must
         # The first signature character: the last one may carry only base64 padding bits.
         "tampered": tamper(good, good.rindex(".") + 1),

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relay.errors import InvalidJSON
 from relay.models import TERMINAL_EVENTS, TERMINAL_STATUSES, Event
+from relay.signing import CallbackClaims
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class CallbackContext:
     observed_at: float
     channels: tuple[str, ...] = ()
     metadata: Any = None
-    claims: Mapping[str, Any] = field(default_factory=dict)
+    claims: CallbackClaims | None = None
 
 
 def dedupe_key(event: Event) -> str:

@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from relay.errors import ValidationFailed
 from relay.models import DeliveryStatus
+from relay.signing import CallbackClaims
 from relay.web import validate as v
 from relay.web.app import admin, state_of
 
@@ -110,16 +111,10 @@ async def mint_callback_url(request: Request) -> Response:
     channels = v.string_list(doc, "channels", problems)
     technique = v.string(doc, "technique_id", problems, max_len=256)
     problems.raise_if_any()
-    claims: dict[str, Any] = {"p": provider}
-    if channels:
-        claims["c"] = channels
-    if doc.get("metadata") is not None:
-        claims["m"] = doc["metadata"]
-    if technique:
-        claims["t"] = technique
+    assert provider is not None
+    claims = CallbackClaims(provider, tuple(channels or ()), doc.get("metadata"), technique)
     state = state_of(request)
-    token = state.signer.dumps(claims)
-    return JSONResponse({"url": f"{state.settings.public_url}/callbacks/{provider}/{token}"})
+    return JSONResponse({"url": state.signer.url(state.settings.public_url, claims)})
 
 
 _RUN_FIELDS = {"provider", "run_id", "technique_id", "channels", "metadata"}

@@ -83,7 +83,7 @@ async def _accept(state: AppState, provider_name: str, token: str | None,
     provider = state.providers[provider_name]
     body = await read_raw_body(receive, headers.get("content-length"),
                                state.settings.max_body_bytes)
-    claims = {}
+    claims = None
     if token is not None:
         claims = state.signer.loads(token, provider=provider_name)
         if not provider.token_suffices:
@@ -98,11 +98,10 @@ async def _accept(state: AppState, provider_name: str, token: str | None,
         accepted, event_type, run_id = await state.tracking.flora_callback(
             flora, body, claims, observed_at)
     else:
-        channels = claims.get("c") or ()
         event = provider.normalize(body, CallbackContext(
             observed_at=observed_at,
-            channels=tuple(str(c) for c in channels),
-            metadata=claims.get("m"),
+            channels=claims.channels if claims else (),
+            metadata=claims.metadata if claims else None,
             claims=claims,
         ))
         accepted = await state.relay.accept(event)
