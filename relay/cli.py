@@ -14,12 +14,9 @@ import structlog
 
 from relay import __version__, ids, logs
 from relay.config import ConfigError, Secret, Settings
+from relay.worker import SHUTDOWN_GRACE, on_signals, run_worker
 
 log = structlog.get_logger("relay.cli")
-
-# Platforms send SIGKILL 30 s after SIGTERM (Heroku, Render); finish well inside that.
-SHUTDOWN_GRACE = 18.0
-
 
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"relay: {message}", err=True)
@@ -64,22 +61,6 @@ def embedded_settings(settings: Settings) -> Settings:
     return settings.with_overrides(**changes) if changes else settings
 
 
-def on_signals(callback: Callable[[], None]) -> None:
-    """Call `callback` in the running loop on SIGTERM or SIGINT.
-
-    A plain `signal.signal` handler that hops into the loop with `call_soon_threadsafe`: uvloop's
-    `add_signal_handler` sometimes never ran the callback for a SIGTERM that arrived just after
-    start-up (seen in about one start in ten), and a worker that ignores SIGTERM gets SIGKILLed.
-    """
-    loop = asyncio.get_running_loop()
-
-    def handler(signum: int, frame: object) -> None:
-        loop.call_soon_threadsafe(callback)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
-
-
 def _quiet_server(config: Any) -> Any:
     """uvicorn's Server, exiting 0 after a graceful SIGTERM instead of re-raising the signal."""
     import contextlib
@@ -98,7 +79,8 @@ def _quiet_server(config: Any) -> Any:
 async def serve_http(settings: Settings, url: str, *, host: str, with_workers: bool) -> None:
     import uvicorn
 
-    from relay.web.app import create_app, delivery_background, poller_background
+    from relay.web.app import create_app
+    from relay.worker import delivery_background, poller_background
 
     background = [delivery_background(), poller_background()] if with_workers else []
     app = create_app(settings, url, background=background)
@@ -154,38 +136,6 @@ def worker(once: bool) -> None:
     settings = load_settings(need_redis=True)
     assert settings.redis_url is not None
     run(run_worker(settings, settings.redis_url.reveal(), once=once))
-
-
-async def run_worker(settings: Settings, url: str, *, once: bool = False) -> None:
-    from relay.delivery import DeliveryWorker
-    from relay.outbound import Outbound, ProviderClient
-    from relay.poller import Poller
-    from relay.providers import poll_providers
-    from relay.service import Relay
-    from relay.store import open_store
-
-    async with open_store(settings, url) as store:
-        outbound = Outbound(allow_private=settings.allow_private_targets)
-        client = ProviderClient(max_bytes=settings.max_body_bytes)
-        try:
-            relay = Relay(settings, store)
-            delivery = DeliveryWorker(relay, outbound)
-            providers = poll_providers(settings)
-            poller = Poller(relay, providers, client, name=delivery.name) if providers else None
-            if once:
-                polled = await poller.run_once() if poller else 0
-                count = await delivery.run_once()
-                log.info("worker_pass_done", attempted=count, polled=polled)
-                return
-            stop = asyncio.Event()
-            on_signals(stop.set)
-            jobs = [delivery.run(stop, grace=SHUTDOWN_GRACE)]
-            if poller is not None:
-                jobs.append(poller.run(stop, grace=SHUTDOWN_GRACE))
-            await asyncio.gather(*jobs)
-        finally:
-            await outbound.aclose()
-            await client.aclose()
 
 
 @main.command()

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from relay import metrics
 from relay.config import Settings
 from relay.errors import PayloadTooLarge, RelayError, StorageUnavailable, Unauthorized
-from relay.outbound import Outbound, ProviderClient
+from relay.outbound import ProviderClient
 from relay.providers import CallbackProvider, callback_providers, poll_providers
 from relay.service import Relay
 from relay.signing import TokenSigner
@@ -166,7 +166,8 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-Background = Callable[[AppState, asyncio.Event], Coroutine[Any, Any, None]]
+# A job that shares the app's lifespan (the workers of `relay serve`): runs until the event is set.
+Background = Callable[[Relay, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 def create_app(
@@ -196,7 +197,7 @@ def create_app(
                          Tracking(relay, client, pollable))
         app.state.relay = state
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(job(state, stop)) for job in background or []]
+        tasks = [asyncio.create_task(job(relay, stop)) for job in background or []]
         try:
             yield
         finally:
@@ -241,36 +242,3 @@ class RelayApp(Starlette):
             await self._fast(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
-
-
-def poller_background() -> Background:
-    """The poll scheduler as a task of the web process (`relay serve`)."""
-
-    async def run(state: AppState, stop: asyncio.Event) -> None:
-        from relay.poller import Poller
-
-        if not state.tracking.providers:
-            return  # no provider API key: nothing can be tracked, so nothing to poll
-        client = ProviderClient(max_bytes=state.settings.max_body_bytes)
-        try:
-            await Poller(state.relay, state.tracking.providers, client).run(stop)
-        finally:
-            await client.aclose()
-
-    return run
-
-
-def delivery_background(outbound_limit: int = 512) -> Background:
-    """The delivery worker as a task of the web process (`relay serve`)."""
-
-    async def run(state: AppState, stop: asyncio.Event) -> None:
-        from relay.delivery import DeliveryWorker
-
-        outbound = Outbound(allow_private=state.settings.allow_private_targets,
-                            limit=outbound_limit)
-        try:
-            await DeliveryWorker(state.relay, outbound).run(stop)
-        finally:
-            await outbound.aclose()
-
-    return run
