@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from redis import exceptions as rexc
 
 from relay import clock
-from relay.store.client import storage_op
-from relay.store.keys import GROUP, Keys, retry_member
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
-    from relay.config import Settings
-    from relay.store.batching import GroupCommit
+from relay.config import Settings
+from relay.store import queue_scripts
+from relay.store.base import StoreBase
+from relay.store.batching import GroupCommit
+from relay.store.client import POOL_WAIT, storage_op, writes_ahead_hang
+from relay.store.keys import GROUP, retry_member
 
 T = TypeVar("T")
 
@@ -49,21 +48,29 @@ class Finish:
     next_due_ms: int
 
 
-class QueueMixin:
-    """Store methods for the delivery queue; mixed into `Store`, which owns the clients."""
+class QueueMixin(StoreBase):
+    """Store methods for the delivery queue: its consumer group, reads, settling, retries."""
 
-    keys: Keys
-    settings: Settings
-    redis: Any
-    blocking: Any
-    _retention: int
-    _load: Any
-    _finish_many: Any
-    _finishes: GroupCommit[Finish, str]
-    _defer: Any
-    _promote: Any
-    _requeue: Any
-    ensure_groups: Callable[[], Awaitable[None]]
+    def __init__(self, settings: Settings, url: str) -> None:
+        super().__init__(settings, url)
+        r = self.redis
+        self._load = r.register_script(queue_scripts.LOAD)
+        self._finish_many = r.register_script(queue_scripts.FINISH_MANY)
+        # Attempts ending together are settled in one script call; see batching.py.
+        self._finishes: GroupCommit[Finish, str] = GroupCommit(
+            self._finish_batch, max_wait=POOL_WAIT, overdue=writes_ahead_hang)
+        self._defer = r.register_script(queue_scripts.DEFER)
+        self._promote = r.register_script(queue_scripts.PROMOTE)
+        self._requeue = r.register_script(queue_scripts.REQUEUE)
+
+    @storage_op
+    async def ensure_groups(self) -> None:
+        """Create the delivery consumer group; from entry 0 so nothing queued earlier is skipped."""
+        try:
+            await self.redis.xgroup_create(self.keys.queue, GROUP, id="0", mkstream=True)
+        except rexc.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     async def _with_group(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run a consumer-group command, recreating the group if Redis lost it (restart

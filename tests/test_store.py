@@ -1,0 +1,98 @@
+"""The store's layouts: the accept layout that batched accepts and poll results share."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay.providers.base import Observation
+from relay.runs import TrackedRun, run_event
+from relay.service import Relay
+from relay.store import EventWrite, Store
+from relay.store.events import pack_event
+from relay.store.keys import Keys
+
+pytestmark = pytest.mark.both_redis
+
+ids = st.text("abcdefghij_0123456789", min_size=1, max_size=12)
+
+
+@given(st.lists(st.tuples(ids, ids), max_size=5), st.booleans())
+def test_one_event_packs_the_counts_that_accept_steps_over(
+        deliveries: list[tuple[str, str]], ends_run: bool) -> None:
+    keys: list[str] = ["before"]
+    args: list[object] = ["before"]
+    w = EventWrite(event_id="evt_1", body=b"{}", event_type="run.completed", provider="runflow",
+                   subject="r1", dedupe_kind="terminal", dedupe_mode="1", ends_run=ends_run,
+                   deliveries=tuple(deliveries))
+    pack_event(keys, args, Keys("p"), w)
+    n = len(deliveries)
+    # scripts.accept() reads 6 keys and 11 args, then a pair of each per delivery.
+    assert (len(keys) - 1, len(args) - 1) == (6 + 2 * n, 11 + 2 * n)
+    assert args[1] == n and args[9] == ("1" if ends_run else "0")
+    assert keys[7::2] == [Keys("p").delivery(d) for d, _ in deliveries]
+    assert args[12::2] == [d for d, _ in deliveries]
+
+
+async def _subscribe(relay: Relay, count: int) -> list[str]:
+    subs = [(await relay.create_subscription({"url": f"http://127.0.0.1:9/{i}"}))[0].id
+            for i in range(count)]
+    await relay.subs.refresh()
+    return subs
+
+
+def _write(event_id: str, subject: str, deliveries: tuple[tuple[str, str], ...],
+           version: str = "*") -> EventWrite:
+    return EventWrite(event_id=event_id, body=b'{"id":"' + event_id.encode() + b'"}',
+                      event_type="run.completed", provider="runflow", subject=subject,
+                      dedupe_kind="terminal", dedupe_mode="1", deliveries=deliveries,
+                      subs_version=version)
+
+
+async def test_one_batch_of_events_with_different_delivery_counts_keeps_each_apart(
+        store: Store, relay: Relay) -> None:
+    subs = await _subscribe(relay, 3)
+    version = relay.subs.version
+    writes = [
+        _write("evt_a", "ra", ()),
+        _write("evt_b", "rb", tuple((f"dlv_b{i}", s) for i, s in enumerate(subs))),
+        _write("evt_c", "ra", (("dlv_c0", subs[0]),)),  # run ra's terminal event again
+        _write("evt_d", "rd", (("dlv_d0", subs[1]),), version="stale"),
+        _write("evt_e", "re", (("dlv_e0", subs[2]),), version=version),
+    ]
+    answers = await store._accept_batch(writes)
+    # 1 stored, 0 duplicate, 2 stale subscriptions (scripts.accept()).
+    assert answers == [(1, "evt_a"), (1, "evt_b"), (0, "evt_a"), (2, version), (1, "evt_e")]
+    assert await store.event_delivery_ids("evt_b") == ["dlv_b0", "dlv_b1", "dlv_b2"]
+    assert await store.event_delivery_ids("evt_e") == ["dlv_e0"]
+    for missing in ("evt_c", "evt_d"):
+        assert await store.get_event(missing) is None
+    bodies = await store.get_event_bodies(["evt_a", "evt_b", "evt_e"])
+    assert bodies == ['{"id":"evt_a"}', '{"id":"evt_b"}', '{"id":"evt_e"}']
+    (e0,) = await store.get_deliveries(["dlv_e0"])
+    assert e0 is not None and (e0["ev"], e0["sub"], e0["run"]) == ("evt_e", subs[2], "re")
+
+
+async def test_a_poll_result_queues_its_events_deliveries_through_the_shared_layout(
+        store: Store, relay: Relay) -> None:
+    subs = await _subscribe(relay, 2)
+    run = TrackedRun("betterprompt", "p1", since=time.time(), next_poll=time.time() - 1)
+    assert await store.track_run("betterprompt", "p1", run.new_fields(),
+                                 int((time.time() - 1) * 1000))
+    await store.claim_runs({"betterprompt": (10, 0.0)}, token="me", lease_ms=30_000,
+                           horizon_ms=1000)
+    event = run_event(run, Observation("succeeded"), raw=b"{}", observed_at=time.time(),
+                      wraps_outputs=True)
+
+    async def write(w: EventWrite) -> tuple[int, str]:
+        return await store.settle_run("betterprompt", "p1", token="me", next_poll_ms=1,
+                                      fields={"s": "succeeded"}, event=w)
+
+    assert await relay.store_matched(event, write=write) == (1, event.id)
+    deliveries = await store.get_deliveries(await store.event_delivery_ids(event.id))
+    assert sorted(d["sub"] for d in deliveries if d is not None) == sorted(subs)
+    finished = await store.get_run("betterprompt", "p1")
+    assert finished is not None and finished["st"] == "finished" and finished["s"] == "succeeded"
