@@ -13,7 +13,7 @@ from relay.config import Settings
 from relay.errors import NotFound, ValidationFailed
 from relay.models import Event, Subscription, SubscriptionStatus
 from relay.providers import dedupe_rule
-from relay.store import EventWrite, Page, Store
+from relay.store import EventWrite, Page, Reply, Store
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,14 @@ class Relay:
         """Store `event` and queue a delivery per matching subscription, atomically."""
         code, value = await self.store_matched(event, dedupe=dedupe,
                                                write=self.store.accept_event)
-        return Accepted(value, duplicate=code == 0)
+        return Accepted(value, duplicate=code == Reply.DUPLICATE)
 
     async def store_matched(
-        self, event: Event, *, write: Callable[[EventWrite], Awaitable[tuple[int, str]]],
+        self, event: Event, *, write: Callable[[EventWrite], Awaitable[tuple[Reply, str]]],
         dedupe: bool = True,
-    ) -> tuple[int, str]:
+    ) -> tuple[Reply, str]:
         """Match `event` against the cached subscriptions and hand it to `write` (one Lua
-        script); the script refuses a stale cache (code 2), and the match is redone, so a
+        script); the script refuses a stale cache (Reply.STALE), and the match is redone, so a
         subscription is never missed or used after deletion."""
         body = event.to_json()
         rule = dedupe_rule(event) if dedupe else None
@@ -81,7 +81,7 @@ class Relay:
                 deliveries=tuple((ids.delivery_id(), s.id) for s in subs),
                 subs_version=self.subs.version,
             ))
-            if code == 2:
+            if code == Reply.STALE:
                 await self.subs.refresh(value)
                 continue
             return code, value

@@ -1,4 +1,4 @@
-"""The store's layouts: the accept layout that batched accepts and poll results share."""
+"""The store's layouts and replies: reply codes, the accept layout that batches share."""
 
 from __future__ import annotations
 
@@ -11,13 +11,19 @@ from hypothesis import strategies as st
 from relay.providers.base import Observation
 from relay.runs import TrackedRun, run_event
 from relay.service import Relay
-from relay.store import EventWrite, Store
+from relay.store import EventWrite, Reply, Store
 from relay.store.events import pack_event
 from relay.store.keys import Keys
+from relay.store.scripts import REPLIES
 
 pytestmark = pytest.mark.both_redis
 
 ids = st.text("abcdefghij_0123456789", min_size=1, max_size=12)
+
+
+def test_every_reply_code_indexes_its_member() -> None:
+    assert [int(r) for r in REPLIES] == list(range(len(Reply)))
+    assert all(REPLIES[r] is r for r in Reply)
 
 
 @given(st.lists(st.tuples(ids, ids), max_size=5), st.booleans())
@@ -64,8 +70,10 @@ async def test_one_batch_of_events_with_different_delivery_counts_keeps_each_apa
         _write("evt_e", "re", (("dlv_e0", subs[2]),), version=version),
     ]
     answers = await store._accept_batch(writes)
-    # 1 stored, 0 duplicate, 2 stale subscriptions (scripts.accept()).
-    assert answers == [(1, "evt_a"), (1, "evt_b"), (0, "evt_a"), (2, version), (1, "evt_e")]
+    assert answers == [(Reply.STORED, "evt_a"), (Reply.STORED, "evt_b"),
+                       (Reply.DUPLICATE, "evt_a"), (Reply.STALE, version),
+                       (Reply.STORED, "evt_e")]
+    assert all(type(code) is Reply for code, _ in answers)
     assert await store.event_delivery_ids("evt_b") == ["dlv_b0", "dlv_b1", "dlv_b2"]
     assert await store.event_delivery_ids("evt_e") == ["dlv_e0"]
     for missing in ("evt_c", "evt_d"):
@@ -87,11 +95,11 @@ async def test_a_poll_result_queues_its_events_deliveries_through_the_shared_lay
     event = run_event(run, Observation("succeeded"), raw=b"{}", observed_at=time.time(),
                       wraps_outputs=True)
 
-    async def write(w: EventWrite) -> tuple[int, str]:
+    async def write(w: EventWrite) -> tuple[Reply, str]:
         return await store.settle_run("betterprompt", "p1", token="me", next_poll_ms=1,
                                       fields={"s": "succeeded"}, event=w)
 
-    assert await relay.store_matched(event, write=write) == (1, event.id)
+    assert await relay.store_matched(event, write=write) == (Reply.STORED, event.id)
     deliveries = await store.get_deliveries(await store.event_delivery_ids(event.id))
     assert sorted(d["sub"] for d in deliveries if d is not None) == sorted(subs)
     finished = await store.get_run("betterprompt", "p1")

@@ -12,10 +12,10 @@ from relay.store.maintenance import MaintenanceMixin
 from relay.store.paging import Page
 from relay.store.queue import QueueEntry, QueueMixin
 from relay.store.runs import Claim, RunsMixin
-from relay.store.scripts import Atomic
+from relay.store.scripts import Atomic, Reply
 from relay.store.subscriptions import SubscriptionsMixin
 
-__all__ = ["Atomic", "Claim", "EventWrite", "Page", "QueueEntry", "Store", "open_store"]
+__all__ = ["Atomic", "Claim", "EventWrite", "Page", "QueueEntry", "Reply", "Store", "open_store"]
 
 
 class Store(EventsMixin, SubscriptionsMixin, DeliveriesMixin, QueueMixin, RunsMixin,

@@ -13,6 +13,7 @@ from relay.store.batching import GroupCommit
 from relay.store.client import POOL_WAIT, storage_op, writes_ahead_hang
 from relay.store.keys import Keys, run_member
 from relay.store.paging import Page, page_index
+from relay.store.scripts import REPLIES, Reply
 
 # Providers whose runs have their own event index, for `run_id` lookups without a provider.
 PROVIDERS = ("runflow", "betterprompt", "flora", "relay")
@@ -62,23 +63,23 @@ class EventsMixin(StoreBase):
         super().__init__(settings, url)
         self._accept_many = self.redis.register_script(scripts.ACCEPT_MANY)
         # Concurrent callbacks share one script call; see batching.py.
-        self._accepts: GroupCommit[EventWrite, tuple[int, str]] = GroupCommit(
+        self._accepts: GroupCommit[EventWrite, tuple[Reply, str]] = GroupCommit(
             self._accept_batch, max_wait=POOL_WAIT, overdue=writes_ahead_hang)
 
     @storage_op
-    async def accept_event(self, w: EventWrite) -> tuple[int, str]:
-        """Store an event and queue its deliveries: (1, id) stored, (0, id) duplicate,
-        (2, version) when `subs_version` is stale and the caller must re-match."""
+    async def accept_event(self, w: EventWrite) -> tuple[Reply, str]:
+        """Store an event and queue its deliveries: (STORED, id), (DUPLICATE, existing id), or
+        (STALE, version) when `subs_version` is stale and the caller must match again."""
         return await self._accepts.submit(w)
 
-    async def _accept_batch(self, writes: list[EventWrite]) -> list[tuple[int, str]]:
+    async def _accept_batch(self, writes: list[EventWrite]) -> list[tuple[Reply, str]]:
         k = self.keys
         keys = shared_keys(k)
         args: list[Any] = [clock.now_ms(), self._retention]
         for w in writes:
             pack_event(keys, args, k, w)
         flat = await self._accept_many(keys=keys, args=args)
-        return [(int(flat[i]), str(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return [(REPLIES[int(flat[i])], str(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     @storage_op
     async def get_event(self, event_id: str) -> dict[str, str] | None:

@@ -1,11 +1,35 @@
-"""Lua scripts for the atomic steps of events and tracked runs; all keys share one hash slot."""
+"""Lua scripts for the atomic steps of events and tracked runs, and the codes they answer."""
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Any
 
-# The delivery queue's scripts are in queue_scripts.py.
+# Every multi-key step is one script, and all of its keys share one hash slot (keys.py). The
+# delivery queue's scripts are in queue_scripts.py.
 
+
+class Reply(IntEnum):
+    """The code that accept(), settle() and CALLBACK_PENDING answer beside a value."""
+
+    DUPLICATE = 0
+    """The event, or its run's terminal event, exists already; the value is that event's id."""
+    STORED = 1
+    """Stored with its deliveries queued (CALLBACK_PENDING: kept for the poller); the value is
+    the event id."""
+    STALE = 2
+    """The subscriptions changed since the caller's cache was read: match again; the value is
+    the current subscriptions version."""
+    LEASE_LOST = 3
+    """Another worker holds the run now, or it was untracked: the poll is dropped."""
+    FINISHED = 4
+    """The run had finished meanwhile: nothing was recorded."""
+    NO_EVENT = 5
+    """The poll was recorded and the run rescheduled; no event came with it."""
+
+
+# Replies by code: indexing a tuple is a fifth of the cost of Reply(code) on the ingest path.
+REPLIES = tuple(Reply)
 
 # Shared Lua functions, prepended to the scripts that use them.
 _FINISH_RUN = """
@@ -57,8 +81,9 @@ _ACCEPT_FN = _FINISH_RUN + """
 -- (run.updated and run.expired must not follow a terminal event); '0' does neither.
 -- An event that ends its run (terminal, expired) also finishes the tracked run, if any, in this
 -- same step: that is what stops polling the moment a callback reports the end.
--- Returns {0, existing id} for a duplicate, {2, version} when the caller's subscription cache
--- is stale (so no delivery is created for a subscription it has not seen), {1, id} when stored.
+-- Returns (codes as in Reply) {0, existing id} for a duplicate, {2, version} when the caller's
+-- subscription cache is stale (so no delivery is created for a subscription it has not seen),
+-- {1, id} when stored.
 local function accept(S, K, k, A, a)
   local id, subject, mode, ts, ttl = A[a + 1], A[a + 5], A[a + 7], S[5], S[6]
   if mode ~= '0' then
@@ -194,8 +219,9 @@ _SETTLE_FN = _ACCEPT_FN + """
 --    keys (events index, subscriptions version, queue, deliveries index) and the event's keys
 -- A: worker token, member, next poll ms, now ms, retention s, field count f, f field/value
 --    pairs, then the event's args (accept()'s layout)
--- Returns {3} when the lease was lost (another worker owns the run now, or it was untracked),
--- {4} when the run had finished meanwhile, accept()'s answer when an event came, else {5}.
+-- Returns (codes as in Reply) {3} when the lease was lost (another worker owns the run now, or
+-- it was untracked), {4} when the run had finished meanwhile, accept()'s answer when an event
+-- came, else {5}.
 local function settle(K, A)
   local hkey, due, member = K[1], K[2], A[2]
   local lease, st = unpack(redis.call('HMGET', hkey, 'lk', 'st'))
