@@ -1,4 +1,4 @@
-"""The store's layouts and replies: reply codes, the accept layout that batches share."""
+"""The store's records and layouts: the delivery record, reply codes, the shared accept layout."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relay.models import DeliveryStatus
 from relay.providers.base import Observation
 from relay.runs import TrackedRun, run_event
 from relay.service import Relay
-from relay.store import EventWrite, Reply, Store
+from relay.store import Delivery, EventWrite, Outcome, Reply, Store
+from relay.store.deliveries import FIELDS
 from relay.store.events import pack_event
 from relay.store.keys import Keys
 from relay.store.scripts import REPLIES
@@ -19,6 +21,31 @@ from relay.store.scripts import REPLIES
 pytestmark = pytest.mark.both_redis
 
 ids = st.text("abcdefghij_0123456789", min_size=1, max_size=12)
+ms = st.integers(0, 2**45)
+
+
+@given(ids, ids, ids, st.text(max_size=12), st.sampled_from(DeliveryStatus),
+       st.integers(0, 500), st.integers(0, 500), st.integers(0, 99), ms, ms, ms)
+def test_a_delivery_hash_reads_back_field_by_field(
+        delivery_id: str, event_id: str, sub_id: str, subject: str, status: DeliveryStatus,
+        attempts: int, base: int, generation: int, created: int, updated: int,
+        due: int) -> None:
+    # The hash as the Lua scripts write it: their field names, every value a string.
+    h = {"ev": event_id, "sub": sub_id, "run": subject, "st": status.value, "n": str(attempts),
+         "base": str(base), "g": str(generation), "ts": str(created), "up": str(updated),
+         "next": str(due)}
+    assert set(FIELDS) == set(h)
+    assert Delivery.from_row(delivery_id, [h[f] for f in FIELDS]) == Delivery(
+        delivery_id, event_id, sub_id, subject, status, attempts, base, str(generation),
+        created, updated, due)
+
+
+def test_an_expired_delivery_reads_as_none_and_missing_counters_as_zero() -> None:
+    assert Delivery.from_row("dlv_x", [None] * len(FIELDS)) is None
+    row = {"ev": "evt_1", "sub": "sub_1", "st": "succeeded", "ts": "1", "up": "2"}
+    d = Delivery.from_row("dlv_x", [row.get(f) for f in FIELDS])
+    assert d is not None
+    assert (d.attempts, d.cycle_base, d.generation, d.next_ms) == (0, 0, "0", 0)
 
 
 def test_every_reply_code_indexes_its_member() -> None:
@@ -81,7 +108,46 @@ async def test_one_batch_of_events_with_different_delivery_counts_keeps_each_apa
     bodies = await store.get_event_bodies(["evt_a", "evt_b", "evt_e"])
     assert bodies == ['{"id":"evt_a"}', '{"id":"evt_b"}', '{"id":"evt_e"}']
     (e0,) = await store.get_deliveries(["dlv_e0"])
-    assert e0 is not None and (e0["ev"], e0["sub"], e0["run"]) == ("evt_e", subs[2], "re")
+    assert e0 is not None and (e0.event_id, e0.subscription_id, e0.subject) == (
+        "evt_e", subs[2], "re")
+
+
+async def test_a_delivery_reads_back_as_each_script_leaves_it(
+        store: Store, relay: Relay) -> None:
+    (sub_id,) = await _subscribe(relay, 1)
+    event_id, delivery_id = await relay.send_test(sub_id)
+    (created,) = await store.get_deliveries([delivery_id])
+    assert created is not None
+    assert created == Delivery(delivery_id, event_id, sub_id, event_id, DeliveryStatus.PENDING,
+                               0, 0, "0", created.created_ms, created.created_ms, 0)
+    assert created.created_ms == pytest.approx(time.time() * 1000, abs=10_000)
+
+    (entry,) = await store.read_queue("me", 10, 0)
+    version, [(loaded, body)] = await store.load_for_attempt([entry])
+    assert version == relay.subs.version and loaded == created and body is not None
+
+    due = int(time.time() * 1000) + 60_000
+    status = await store.finish(entry, sub_id=sub_id, outcome=Outcome.RETRY,
+                                attempt={"attempt": 1}, next_due_ms=due)
+    assert status == DeliveryStatus.PENDING
+    key = store.keys.delivery(delivery_id)
+    assert set(await store.redis.hkeys(key)) == set(FIELDS)  # every field the record reads
+    (retried,) = await store.get_deliveries([delivery_id])
+    assert retried is not None and (retried.attempts, retried.next_ms) == (1, due)
+
+    assert await store.requeue(delivery_id) == DeliveryStatus.PENDING
+    (requeued,) = await store.get_deliveries([delivery_id])
+    assert requeued is not None
+    assert (requeued.generation, requeued.cycle_base, requeued.attempts) == ("1", 1, 1)
+
+    (entry,) = await store.read_queue("me", 10, 0)
+    assert entry.generation == "1"
+    status = await store.finish(entry, sub_id=sub_id, outcome=Outcome.OK,
+                                attempt={"attempt": 2})
+    assert status == DeliveryStatus.SUCCEEDED
+    (done,) = await store.get_deliveries([delivery_id])
+    assert done is not None and (done.status, done.attempts) == (DeliveryStatus.SUCCEEDED, 2)
+    assert await store.get_deliveries(["dlv_nothing"]) == [None]
 
 
 async def test_a_poll_result_queues_its_events_deliveries_through_the_shared_layout(
@@ -101,6 +167,6 @@ async def test_a_poll_result_queues_its_events_deliveries_through_the_shared_lay
 
     assert await relay.store_matched(event, write=write) == (Reply.STORED, event.id)
     deliveries = await store.get_deliveries(await store.event_delivery_ids(event.id))
-    assert sorted(d["sub"] for d in deliveries if d is not None) == sorted(subs)
+    assert sorted(d.subscription_id for d in deliveries if d is not None) == sorted(subs)
     finished = await store.get_run("betterprompt", "p1")
     assert finished is not None and finished["st"] == "finished" and finished["s"] == "succeeded"

@@ -6,16 +6,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from relay.config import Settings
-from relay.store.deliveries import DeliveriesMixin
+from relay.store.deliveries import DeliveriesMixin, Delivery
 from relay.store.events import EventsMixin, EventWrite
 from relay.store.maintenance import MaintenanceMixin
 from relay.store.paging import Page
-from relay.store.queue import QueueEntry, QueueMixin
+from relay.store.queue import Outcome, QueueEntry, QueueMixin
 from relay.store.runs import Claim, RunsMixin
 from relay.store.scripts import Atomic, Reply
 from relay.store.subscriptions import SubscriptionsMixin
 
-__all__ = ["Atomic", "Claim", "EventWrite", "Page", "QueueEntry", "Reply", "Store", "open_store"]
+__all__ = ["Atomic", "Claim", "Delivery", "EventWrite", "Outcome", "Page", "QueueEntry", "Reply",
+           "Store", "open_store"]
 
 
 class Store(EventsMixin, SubscriptionsMixin, DeliveriesMixin, QueueMixin, RunsMixin,

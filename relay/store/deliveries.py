@@ -1,16 +1,51 @@
-"""Deliveries in Redis: reading and listing deliveries and their attempts, cancelling."""
+"""Deliveries in Redis: the typed delivery record, reading and listing deliveries, cancelling."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from relay import clock
 from relay.config import Settings
+from relay.models import DeliveryStatus
 from relay.store import queue_scripts
 from relay.store.base import StoreBase
 from relay.store.client import storage_op
 from relay.store.paging import Page, page_index
+
+# The delivery hash's field names, in the order Delivery.from_row reads them. Short, because a
+# delivery is kept for the whole retention; the Lua scripts write the same names.
+FIELDS = ("ev", "sub", "run", "st", "n", "base", "g", "ts", "up", "next")
+
+# A dict lookup: DeliveryStatus(value) costs ten times as much, once per delivery attempted.
+_STATUSES = {s.value: s for s in DeliveryStatus}
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One delivery of an event to a subscription, as its Redis hash holds it."""
+
+    id: str
+    event_id: str
+    subscription_id: str
+    subject: str  # the run (or batch) its event is about
+    status: DeliveryStatus
+    attempts: int  # attempts made, over every retry cycle
+    cycle_base: int  # attempts made before the last manual requeue restarted the schedule
+    generation: str  # bumped by each requeue: a queue entry of an older one is stale
+    created_ms: int
+    updated_ms: int
+    next_ms: int  # when its retry is due (ms); 0 when none was scheduled
+
+    @classmethod
+    def from_row(cls, delivery_id: str, row: list[str | None]) -> Delivery | None:
+        """The record from the values of FIELDS, in order; None when the delivery expired."""
+        ev, sub, run, st, n, base, g, ts, up, nxt = row
+        if st is None:
+            return None
+        return cls(delivery_id, ev or "", sub or "", run or "", _STATUSES[st], int(n or 0),
+                   int(base or 0), g or "0", int(ts or 0), int(up or 0), int(nxt or 0))
 
 
 class DeliveriesMixin(StoreBase):
@@ -21,11 +56,12 @@ class DeliveriesMixin(StoreBase):
         self._cancel = self.redis.register_script(queue_scripts.CANCEL)
 
     @storage_op
-    async def get_deliveries(self, ids: list[str]) -> list[dict[str, str] | None]:
+    async def get_deliveries(self, ids: list[str]) -> list[Delivery | None]:
         pipe = self.redis.pipeline(transaction=False)
         for i in ids:
-            pipe.hgetall(self.keys.delivery(i))
-        return [row or None for row in await pipe.execute()]
+            pipe.hmget(self.keys.delivery(i), FIELDS)
+        rows = await pipe.execute()
+        return [Delivery.from_row(i, row) for i, row in zip(ids, rows, strict=True)]
 
     @storage_op
     async def get_attempts(self, delivery_id: str) -> list[dict[str, Any]]:
@@ -47,15 +83,12 @@ class DeliveriesMixin(StoreBase):
         index = k.sub_deliveries(subscription_id) if subscription_id else k.deliveries
 
         async def keep(ids: list[str]) -> list[bool]:
-            pipe = self.redis.pipeline(transaction=False)
-            for i in ids:
-                pipe.hmget(k.delivery(i), "st", "ev", "sub")
             return [
-                row[0] is not None
-                and (status is None or row[0] == status)
-                and (event_id is None or row[1] == event_id)
-                and (subscription_id is None or row[2] == subscription_id)
-                for row in await pipe.execute()
+                d is not None
+                and (status is None or d.status == status)
+                and (event_id is None or d.event_id == event_id)
+                and (subscription_id is None or d.subscription_id == subscription_id)
+                for d in await self.get_deliveries(ids)
             ]
 
         if event_id and not subscription_id:

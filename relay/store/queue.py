@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from redis import exceptions as rexc
@@ -15,6 +16,7 @@ from relay.store import queue_scripts
 from relay.store.base import StoreBase
 from relay.store.batching import GroupCommit
 from relay.store.client import POOL_WAIT, storage_op, writes_ahead_hang
+from relay.store.deliveries import FIELDS, Delivery
 from relay.store.keys import GROUP, retry_member
 
 T = TypeVar("T")
@@ -37,13 +39,28 @@ class QueueEntry:
         return retry_member(self.delivery_id, self.event_id, self.generation)
 
 
+class Outcome(StrEnum):
+    """How an attempt ends, as queue_scripts.FINISH_MANY takes it (and the metric counts it)."""
+
+    OK = "ok"
+    """A 2xx answer: the delivery succeeded."""
+    RETRY = "retry"
+    """A failure with attempts left: retried when its next delay has passed."""
+    DEAD = "dead"
+    """A failure with the retry schedule spent: the delivery is dead."""
+    CANCEL = "cancel"
+    """No attempt made: the subscription or event is gone, or the entry is stale."""
+    GONE = "gone"
+    """A 410 answer: the delivery is cancelled and the subscription disabled."""
+
+
 @dataclass(frozen=True)
 class Finish:
     """One attempt's result, waiting to be written with the others of its batch."""
 
     entry: QueueEntry
     sub_id: str
-    outcome: str
+    outcome: Outcome
     attempt: dict[str, Any] | None
     next_due_ms: int
 
@@ -115,19 +132,18 @@ class QueueMixin(StoreBase):
     @storage_op
     async def load_for_attempt(
         self, entries: list[QueueEntry]
-    ) -> tuple[str, list[tuple[dict[str, str], str | None]]]:
-        """The subscriptions version, then each entry's delivery hash and event body."""
+    ) -> tuple[str, list[tuple[Delivery | None, str | None]]]:
+        """The subscriptions version, then each entry's delivery (None when it has expired)
+        and event body."""
         keys = [self.keys.subs_version]
         for e in entries:
             keys += [self.keys.delivery(e.delivery_id), self.keys.event(e.event_id)]
         # One script instead of a pipeline of 2n+1 commands: redis-py's per-command cost
         # was a fifth of a delivery's CPU.
-        version, *rows = await self._load(keys=keys)
-        out: list[tuple[dict[str, str], str | None]] = []
-        for i in range(0, len(rows), 2):
-            flat = rows[i]
-            out.append((dict(zip(flat[::2], flat[1::2], strict=True)), rows[i + 1] or None))
-        return str(version or "0"), out
+        version, *rows = await self._load(keys=keys, args=FIELDS)
+        return str(version or "0"), [
+            (Delivery.from_row(e.delivery_id, rows[2 * i]), rows[2 * i + 1] or None)
+            for i, e in enumerate(entries)]
 
     @storage_op
     async def finish(
@@ -135,7 +151,7 @@ class QueueMixin(StoreBase):
         entry: QueueEntry,
         *,
         sub_id: str,
-        outcome: str,
+        outcome: Outcome,
         attempt: dict[str, Any] | None,
         next_due_ms: int = 0,
     ) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+# A delivery hash's field names are listed in deliveries.FIELDS; these scripts write the same.
+
 _FINISH_FN = """
 -- Record one attempt and move the delivery to its next state, releasing the queue entry.
 -- KEYS: delivery, attempt log, queue, retry set, dead set, subscription, subscriptions version
--- ARGV: stream entry id, retry member, outcome (ok|retry|dead|cancel|gone), attempt JSON,
---       now ms, next due ms, retention s, disable-after ms, attempt log cap, entry generation
+-- ARGV: stream entry id, retry member, outcome (queue.Outcome: ok|retry|dead|cancel|gone),
+--       attempt JSON, now ms, next due ms, retention s, disable-after ms, attempt log cap,
+--       entry generation
 -- The subscription is disabled here, in the same step, when it has failed for longer than
 -- RELAY_DISABLE_AFTER or answered 410 (outcome 'gone'). Returns the delivery's new status.
 local function finish(K, A)
@@ -85,11 +88,12 @@ return out
 
 LOAD = """
 -- What a worker needs to attempt deliveries, in one call. KEYS: subscriptions version, then
--- (delivery hash, event hash) per delivery. Returns the version, then per delivery its hash
--- as a flat field/value list and the event's body (false when it has expired).
+-- (delivery hash, event hash) per delivery. ARGV: the delivery fields to read, in order.
+-- Returns the version, then per delivery its fields' values (all false when it has expired)
+-- and the event's body (false when it has expired).
 local out = {redis.call('GET', KEYS[1]) or '0'}
 for i = 2, #KEYS, 2 do
-  out[#out + 1] = redis.call('HGETALL', KEYS[i])
+  out[#out + 1] = redis.call('HMGET', KEYS[i], unpack(ARGV))
   out[#out + 1] = redis.call('HGET', KEYS[i + 1], 'body')
 end
 return out
