@@ -16,11 +16,11 @@ import structlog
 from relay import backoff, clock, metrics
 from relay.errors import StorageUnavailable
 from relay.loops import keep_running, wait_event
-from relay.models import Subscription, SubscriptionStatus
+from relay.models import DeliveryStatus, Subscription, SubscriptionStatus
 from relay.outbound import Answer, Outbound
 from relay.service import Relay
 from relay.signing import secret_bytes, sign_webhook
-from relay.store import QueueEntry
+from relay.store import Delivery, Outcome, QueueEntry
 
 log = structlog.get_logger("relay.delivery")
 
@@ -44,13 +44,14 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def classify(answer: Answer) -> str:
-    """`ok` for 2xx, `gone` for 410, else `fail` (3xx included: redirects are not followed)."""
+def classify(answer: Answer) -> Outcome | None:
+    """OK for 2xx, GONE for 410, else None: a failure, retried or dead as the schedule says
+    (3xx included: redirects are not followed)."""
     if answer.status is not None and 200 <= answer.status < 300:
-        return "ok"
+        return Outcome.OK
     if answer.status == 410:
-        return "gone"
-    return "fail"
+        return Outcome.GONE
+    return None
 
 
 def failure_text(answer: Answer) -> str | None:
@@ -94,7 +95,7 @@ class DeliveryWorker:
         # Deliveries read for a subscription at its slot limit, started as its slots free, so a
         # fast subscriber's backlog waits in memory for a slot rather than being parked for a
         # second; see _may_hold. The others are parked (see _park_due).
-        self._held: dict[str, deque[tuple[QueueEntry, dict[str, str], str]]] = {}
+        self._held: dict[str, deque[tuple[QueueEntry, Delivery, str]]] = {}
 
     # ---- loops --------------------------------------------------------------------------
 
@@ -226,16 +227,16 @@ class DeliveryWorker:
         await self.relay.subs.refresh(version)
         parked: list[tuple[QueueEntry, int]] = []
         for entry, (delivery, body) in zip(entries, loaded, strict=True):
-            sub = self.relay.subs.subs.get(delivery.get("sub", "")) if delivery else None
-            if (not delivery or body is None or delivery.get("st") != "pending"
-                    or delivery.get("g", "0") != entry.generation):
+            if (delivery is None or body is None or delivery.status is not DeliveryStatus.PENDING
+                    or delivery.generation != entry.generation):
                 # Expired, settled, or superseded by a requeue: release the entry, send nothing.
-                await self.store.finish(entry, sub_id=delivery.get("sub", "-") if delivery
-                                        else "-", outcome="cancel", attempt=None)
+                await self.store.finish(entry, sub_id=delivery.subscription_id if delivery
+                                        else "-", outcome=Outcome.CANCEL, attempt=None)
                 continue
+            sub = self.relay.subs.subs.get(delivery.subscription_id)
             if sub is None or sub.status is not SubscriptionStatus.ENABLED:
-                await self.store.finish(entry, sub_id=delivery["sub"], outcome="cancel",
-                                        attempt=None)
+                await self.store.finish(entry, sub_id=delivery.subscription_id,
+                                        outcome=Outcome.CANCEL, attempt=None)
                 continue
             started.add(entry.entry_id)
             if self._by_sub[sub.id] >= self.per_subscription:
@@ -252,7 +253,7 @@ class DeliveryWorker:
             await self.store.defer(parked)
             self._note_retry(min(due for _, due in parked) / 1000)
 
-    def _start(self, entry: QueueEntry, delivery: dict[str, str], body: str,
+    def _start(self, entry: QueueEntry, delivery: Delivery, body: str,
                sub: Subscription) -> None:
         self._by_sub[sub.id] += 1
         self._busy_since.setdefault(sub.id, clock.now())
@@ -292,7 +293,8 @@ class DeliveryWorker:
     async def _cancel_held(self, entries: list[QueueEntry], sub_id: str) -> None:
         with contextlib.suppress(StorageUnavailable):  # taken over after the claim timeout
             for entry in entries:
-                await self.store.finish(entry, sub_id=sub_id, outcome="cancel", attempt=None)
+                await self.store.finish(entry, sub_id=sub_id, outcome=Outcome.CANCEL,
+                                        attempt=None)
 
     def _park_due(self, sub_id: str) -> float:
         """When a parked delivery is read again: one slot-time after the one parked before it.
@@ -323,12 +325,12 @@ class DeliveryWorker:
             self._wake_retries.set()
 
     async def _attempt(
-        self, entry: QueueEntry, delivery: dict[str, str], body: str, sub: Subscription
+        self, entry: QueueEntry, delivery: Delivery, body: str, sub: Subscription
     ) -> None:
         # Every line logged during this attempt carries these ids (the task has its own context).
         structlog.contextvars.bind_contextvars(
             event_id=entry.event_id, delivery_id=entry.delivery_id, subscription_id=sub.id,
-            run_id=delivery.get("run"),
+            run_id=delivery.subject,
         )
         try:
             await self._attempt_inner(entry, delivery, body, sub)
@@ -351,10 +353,10 @@ class DeliveryWorker:
             self._start_held(sub.id)
 
     async def _attempt_inner(
-        self, entry: QueueEntry, delivery: dict[str, str], body: str, sub: Subscription
+        self, entry: QueueEntry, delivery: Delivery, body: str, sub: Subscription
     ) -> None:
-        number = int(delivery.get("n", 0)) + 1
-        in_cycle = number - int(delivery.get("base", 0))
+        number = delivery.attempts + 1
+        in_cycle = number - delivery.cycle_base
         now = clock.now()
         timestamp = int(now)
         payload = body.encode()
@@ -371,16 +373,16 @@ class DeliveryWorker:
         self._attempt_seconds[sub.id] = average + (seconds - average) * 0.2
         outcome = classify(answer)
         due_ms = 0
-        if outcome == "fail":
+        if outcome is None:
             delay = backoff.next_delay(in_cycle, self.settings.retry_schedule,
                                        self.settings.retry_jitter)
             if delay is not None and answer.status in (429, 503):
                 hinted = backoff.parse_retry_after(answer.retry_after, clock.now())
                 delay = hinted if hinted is not None else delay
             if delay is None:
-                outcome = "dead"
+                outcome = Outcome.DEAD
             else:
-                outcome = "retry"
+                outcome = Outcome.RETRY
                 due_ms = clock.now_ms() + int(delay * 1000)
         attempt = {
             "attempt": number,
@@ -394,15 +396,15 @@ class DeliveryWorker:
                                          next_due_ms=due_ms)
         if due_ms:
             self._note_retry(due_ms / 1000)
-        if status == "cancelled" and outcome != "cancel":
+        if status == DeliveryStatus.CANCELLED:
             # The subscription was just disabled (410, or failing too long): cancel the rest now
             # rather than leave them pending until each comes due.
             await self.store.cancel_pending(sub.id)
         metrics.labelled(metrics.DELIVERIES, outcome).inc()
         metrics.DELIVERY_SECONDS.observe(answer.duration_ms / 1000)
-        if outcome == "ok" and number == 1:
+        if outcome is Outcome.OK and number == 1:
             # The delivery was created with its event, so its creation time is the event's.
-            created = int(delivery.get("ts") or 0) / 1000
+            created = delivery.created_ms / 1000
             metrics.END_TO_END_SECONDS.observe(max(clock.now() - created, 0.0))
         log.info(
             "delivery_attempt", attempt=number, status_code=answer.status,

@@ -22,6 +22,7 @@ from relay.providers.base import parse_json
 from relay.providers.flora import FloraCallback, event_from_callback
 from relay.runs import TrackedRun, expired_event, run_event
 from relay.service import Relay
+from relay.store import Reply
 
 log = structlog.get_logger("relay.poller")
 
@@ -353,7 +354,7 @@ class Poller:
         await self._settle(run, Decision({"lp": str(int(now * 1000))}, event))
 
     async def _settle(self, run: TrackedRun, decision: Decision) -> None:
-        async def write(w: Any) -> tuple[int, str]:
+        async def write(w: Any) -> tuple[Reply, str]:
             return await self.store.settle_run(
                 run.provider, run.run_id, token=self.name,
                 next_poll_ms=int(decision.next_poll * 1000), fields=decision.fields, event=w)
@@ -363,13 +364,14 @@ class Poller:
             code, _ = await write(None)
         else:
             code, value = await self.relay.store_matched(event, write=write)
-            if code == 1:
+            if code == Reply.STORED:
                 metrics.labelled(metrics.EVENTS, run.provider, event.event, event.source).inc()
                 log.info("run_event", provider=run.provider, run_id=run.run_id,
                          event_id=value, event_type=event.event, status=event.status)
-        if decision.next_poll and code in (1, 5) and decision.next_poll < self._wake_at:
+        if (decision.next_poll and code in (Reply.STORED, Reply.NO_EVENT)
+                and decision.next_poll < self._wake_at):
             self._wake.set()
-        if code == 3:
+        if code == Reply.LEASE_LOST:
             log.info("poll_lease_lost", provider=run.provider, run_id=run.run_id,
                      note="another worker took the run over, or it was untracked; this "
                           "poll's result is dropped")

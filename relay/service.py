@@ -11,9 +11,9 @@ from typing import Any
 from relay import clock, ids, netguard
 from relay.config import Settings
 from relay.errors import NotFound, ValidationFailed
-from relay.models import Event, Subscription, SubscriptionStatus
+from relay.models import DeliveryStatus, Event, Subscription, SubscriptionStatus
 from relay.providers import dedupe_rule
-from relay.store import EventWrite, Page, Store
+from relay.store import Delivery, EventWrite, Page, Reply, Store
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,14 @@ class Relay:
         """Store `event` and queue a delivery per matching subscription, atomically."""
         code, value = await self.store_matched(event, dedupe=dedupe,
                                                write=self.store.accept_event)
-        return Accepted(value, duplicate=code == 0)
+        return Accepted(value, duplicate=code == Reply.DUPLICATE)
 
     async def store_matched(
-        self, event: Event, *, write: Callable[[EventWrite], Awaitable[tuple[int, str]]],
+        self, event: Event, *, write: Callable[[EventWrite], Awaitable[tuple[Reply, str]]],
         dedupe: bool = True,
-    ) -> tuple[int, str]:
+    ) -> tuple[Reply, str]:
         """Match `event` against the cached subscriptions and hand it to `write` (one Lua
-        script); the script refuses a stale cache (code 2), and the match is redone, so a
+        script); the script refuses a stale cache (Reply.STALE), and the match is redone, so a
         subscription is never missed or used after deletion."""
         body = event.to_json()
         rule = dedupe_rule(event) if dedupe else None
@@ -81,7 +81,7 @@ class Relay:
                 deliveries=tuple((ids.delivery_id(), s.id) for s in subs),
                 subs_version=self.subs.version,
             ))
-            if code == 2:
+            if code == Reply.STALE:
                 await self.subs.refresh(value)
                 continue
             return code, value
@@ -223,7 +223,7 @@ class Relay:
                 since_ms=int(since * 1000),
             )
             for delivery_id in page.ids:
-                if await self.store.requeue(delivery_id) == "dead":
+                if await self.store.requeue(delivery_id) == DeliveryStatus.DEAD:
                     count += 1
             # A page can come back empty with a cursor (the scan cap met only successes).
             if page.next_cursor is None:
@@ -233,9 +233,8 @@ class Relay:
     # ---- deliveries ---------------------------------------------------------------------
 
     async def delivery_views(self, delivery_ids: list[str]) -> list[dict[str, Any] | None]:
-        rows = await self.store.get_deliveries(delivery_ids)
-        return [None if h is None else _delivery_doc(i, h) for i, h in zip(delivery_ids, rows,
-                                                                             strict=True)]
+        return [None if d is None else _delivery_doc(d)
+                for d in await self.store.get_deliveries(delivery_ids)]
 
     async def delivery_view(self, delivery_id: str) -> dict[str, Any]:
         (doc,) = await self.delivery_views([delivery_id])
@@ -250,15 +249,16 @@ class Relay:
         return await self.delivery_view(delivery_id)
 
 
-def _delivery_doc(delivery_id: str, h: dict[str, str]) -> dict[str, Any]:
-    next_ms = int(h.get("next") or 0)
+def _delivery_doc(d: Delivery) -> dict[str, Any]:
+    """The API's Delivery (CONTRACT 4.2)."""
+    pending = d.status is DeliveryStatus.PENDING
     return {
-        "id": delivery_id,
-        "event_id": h["ev"],
-        "subscription_id": h["sub"],
-        "status": h["st"],
-        "attempts_made": int(h.get("n", 0)),
-        "next_attempt_at": clock.iso(next_ms / 1000) if h["st"] == "pending" and next_ms else None,
-        "created_at": clock.iso(int(h["ts"]) / 1000),
-        "updated_at": clock.iso(int(h["up"]) / 1000),
+        "id": d.id,
+        "event_id": d.event_id,
+        "subscription_id": d.subscription_id,
+        "status": d.status.value,
+        "attempts_made": d.attempts,
+        "next_attempt_at": clock.iso(d.next_ms / 1000) if pending and d.next_ms else None,
+        "created_at": clock.iso(d.created_ms / 1000),
+        "updated_at": clock.iso(d.updated_ms / 1000),
     }

@@ -18,6 +18,7 @@ from relay.providers.flora import Flora, event_from_callback
 from relay.runs import TrackedRun, run_event
 from relay.service import Accepted, Relay
 from relay.signing import CallbackClaims
+from relay.store import Reply
 from relay.store.runs import PROVIDER_NAMES
 
 log = structlog.get_logger("relay.tracking")
@@ -133,8 +134,8 @@ class Tracking:
                     "flora", cb.run_id, event_id=event.id, fields=fields, callback={
                         "d": cb.delivery_id, "s": cb.status, "e": cb.error, "c": cb.created_at,
                         "raw": body.decode()})
-                accepted = Accepted(event_id, duplicate=code == 0)
-                if code == 1:
+                accepted = Accepted(event_id, duplicate=code == Reply.DUPLICATE)
+                if code == Reply.STORED:
                     log.info("flora_callback_pending", run_id=cb.run_id, event_id=event_id,
                              note="the run could not be read yet; the poller will finish it")
         await self.store.remember_flora_delivery(cb.delivery_id, accepted.event_id)

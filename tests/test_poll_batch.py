@@ -11,7 +11,7 @@ import pytest
 from relay.providers.base import Observation
 from relay.runs import TrackedRun, run_event
 from relay.service import Relay
-from relay.store import EventWrite, Store
+from relay.store import EventWrite, Reply, Store
 
 pytestmark = pytest.mark.both_redis
 
@@ -54,7 +54,7 @@ async def test_settles_sent_together_share_a_call_and_keep_per_run_answers(
         event = run_event(runs[run_id], Observation(status), raw=b"{}",
                           observed_at=time.time(), wraps_outputs=True)
 
-        async def write(w: EventWrite) -> tuple[int, str]:
+        async def write(w: EventWrite) -> tuple[Reply, str]:
             return await store.settle_run("betterprompt", run_id, token="me",
                                           next_poll_ms=next_ms, fields={"n": "1", "s": status},
                                           event=w)
@@ -67,7 +67,8 @@ async def test_settles_sent_together_share_a_call_and_keep_per_run_answers(
         with_event("b6", "running"), plain("b7"))
     assert calls == [7]  # one round trip for all of them
     codes = [code for code, _ in answers]
-    assert codes == [5, 5, 3, 1, 1, 3, 3]  # b6: its end took the lease
+    assert codes == [Reply.NO_EVENT, Reply.NO_EVENT, Reply.LEASE_LOST, Reply.STORED,
+                     Reply.STORED, Reply.LEASE_LOST, Reply.LEASE_LOST]  # b6: its end took the lease
     views = {r: await store.get_run("betterprompt", r) for r in ids}
     for r in ("b0", "b1", "b4"):
         v = views[r]
@@ -85,7 +86,7 @@ async def test_settles_sent_together_share_a_call_and_keep_per_run_answers(
     leased = pytest.approx(time.time() * 1000 + 30_000, abs=5000)  # b5 was never settled
     assert dict(due) == {f"betterprompt:{r}": float(next_ms) for r in ("b0", "b1", "b4")} | {
         "betterprompt:b2": leased, "betterprompt:b5": leased}
-    assert (await plain("b3"))[0] == 3  # a finished run's lease went with its end
+    assert (await plain("b3"))[0] is Reply.LEASE_LOST  # a finished run's lease went with its end
     assert len(await store.run_event_ids("betterprompt", "b3")) == 1
 
 
@@ -134,12 +135,12 @@ async def test_an_event_body_goes_through_the_batch_byte_for_byte(
     event = run_event(run, Observation("running", progress=0.5), raw=raw,
                       observed_at=time.time(), wraps_outputs=True)
 
-    async def write(w: EventWrite) -> tuple[int, str]:
+    async def write(w: EventWrite) -> tuple[Reply, str]:
         return await store.settle_run("betterprompt", "u1", token="me", next_poll_ms=1,
                                       fields={"s": "running", "pg": "0.5"}, event=w)
 
     code, event_id = await relay.store_matched(event, write=write)
-    assert (code, event_id) == (1, event.id)
+    assert (code, event_id) == (Reply.STORED, event.id)
     stored = await store.get_event_bodies([event.id])
     assert stored[0] is not None and stored[0].encode() == event.to_json()
     assert raw in stored[0].encode()

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from redis import exceptions as rexc
 
 from relay import clock
-from relay.store.client import storage_op
-from relay.store.keys import GROUP, Keys, retry_member
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
-    from relay.config import Settings
-    from relay.store.batching import GroupCommit
+from relay.config import Settings
+from relay.store import queue_scripts
+from relay.store.base import StoreBase
+from relay.store.batching import GroupCommit
+from relay.store.client import POOL_WAIT, storage_op, writes_ahead_hang
+from relay.store.deliveries import FIELDS, Delivery
+from relay.store.keys import GROUP, retry_member
 
 T = TypeVar("T")
 
@@ -38,32 +39,55 @@ class QueueEntry:
         return retry_member(self.delivery_id, self.event_id, self.generation)
 
 
+class Outcome(StrEnum):
+    """How an attempt ends, as queue_scripts.FINISH_MANY takes it (and the metric counts it)."""
+
+    OK = "ok"
+    """A 2xx answer: the delivery succeeded."""
+    RETRY = "retry"
+    """A failure with attempts left: retried when its next delay has passed."""
+    DEAD = "dead"
+    """A failure with the retry schedule spent: the delivery is dead."""
+    CANCEL = "cancel"
+    """No attempt made: the subscription or event is gone, or the entry is stale."""
+    GONE = "gone"
+    """A 410 answer: the delivery is cancelled and the subscription disabled."""
+
+
 @dataclass(frozen=True)
 class Finish:
     """One attempt's result, waiting to be written with the others of its batch."""
 
     entry: QueueEntry
     sub_id: str
-    outcome: str
+    outcome: Outcome
     attempt: dict[str, Any] | None
     next_due_ms: int
 
 
-class QueueMixin:
-    """Store methods for the delivery queue; mixed into `Store`, which owns the clients."""
+class QueueMixin(StoreBase):
+    """Store methods for the delivery queue: its consumer group, reads, settling, retries."""
 
-    keys: Keys
-    settings: Settings
-    redis: Any
-    blocking: Any
-    _retention: int
-    _load: Any
-    _finish_many: Any
-    _finishes: GroupCommit[Finish, str]
-    _defer: Any
-    _promote: Any
-    _requeue: Any
-    ensure_groups: Callable[[], Awaitable[None]]
+    def __init__(self, settings: Settings, url: str) -> None:
+        super().__init__(settings, url)
+        r = self.redis
+        self._load = r.register_script(queue_scripts.LOAD)
+        self._finish_many = r.register_script(queue_scripts.FINISH_MANY)
+        # Attempts ending together are settled in one script call; see batching.py.
+        self._finishes: GroupCommit[Finish, str] = GroupCommit(
+            self._finish_batch, max_wait=POOL_WAIT, overdue=writes_ahead_hang)
+        self._defer = r.register_script(queue_scripts.DEFER)
+        self._promote = r.register_script(queue_scripts.PROMOTE)
+        self._requeue = r.register_script(queue_scripts.REQUEUE)
+
+    @storage_op
+    async def ensure_groups(self) -> None:
+        """Create the delivery consumer group; from entry 0 so nothing queued earlier is skipped."""
+        try:
+            await self.redis.xgroup_create(self.keys.queue, GROUP, id="0", mkstream=True)
+        except rexc.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     async def _with_group(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run a consumer-group command, recreating the group if Redis lost it (restart
@@ -108,19 +132,18 @@ class QueueMixin:
     @storage_op
     async def load_for_attempt(
         self, entries: list[QueueEntry]
-    ) -> tuple[str, list[tuple[dict[str, str], str | None]]]:
-        """The subscriptions version, then each entry's delivery hash and event body."""
+    ) -> tuple[str, list[tuple[Delivery | None, str | None]]]:
+        """The subscriptions version, then each entry's delivery (None when it has expired)
+        and event body."""
         keys = [self.keys.subs_version]
         for e in entries:
             keys += [self.keys.delivery(e.delivery_id), self.keys.event(e.event_id)]
         # One script instead of a pipeline of 2n+1 commands: redis-py's per-command cost
         # was a fifth of a delivery's CPU.
-        version, *rows = await self._load(keys=keys)
-        out: list[tuple[dict[str, str], str | None]] = []
-        for i in range(0, len(rows), 2):
-            flat = rows[i]
-            out.append((dict(zip(flat[::2], flat[1::2], strict=True)), rows[i + 1] or None))
-        return str(version or "0"), out
+        version, *rows = await self._load(keys=keys, args=FIELDS)
+        return str(version or "0"), [
+            (Delivery.from_row(e.delivery_id, rows[2 * i]), rows[2 * i + 1] or None)
+            for i, e in enumerate(entries)]
 
     @storage_op
     async def finish(
@@ -128,7 +151,7 @@ class QueueMixin:
         entry: QueueEntry,
         *,
         sub_id: str,
-        outcome: str,
+        outcome: Outcome,
         attempt: dict[str, Any] | None,
         next_due_ms: int = 0,
     ) -> str:

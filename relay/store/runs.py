@@ -5,21 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relay import clock
+from relay.config import Settings
 from relay.store import scripts
+from relay.store.base import StoreBase
 from relay.store.batching import GroupCommit
 from relay.store.client import POOL_WAIT, storage_op, writes_ahead_hang
-from relay.store.keys import Keys, run_member, split_member
+from relay.store.events import EventWrite, pack_event, shared_keys
+from relay.store.keys import run_member, split_member
 from relay.store.paging import Page, page_index
-from relay.store.scripts import Atomic
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
-    from relay.config import Settings
-    from relay.store import EventWrite
+from relay.store.scripts import REPLIES, Atomic, Reply
 
 # One poll's record: the keys and arguments of its step in scripts.SETTLE_MANY.
 Settle = tuple[list[str], list[Any]]
@@ -36,17 +33,11 @@ class Claim:
     next_slot: float  # seconds: the provider's next free request slot
 
 
-class RunsMixin:
-    """Store methods for tracked runs; mixed into `Store`, which owns the clients."""
+class RunsMixin(StoreBase):
+    """Store methods for tracked runs: tracking, the poll schedule, budgets, poll results."""
 
-    keys: Keys
-    settings: Settings
-    run_atomic: Callable[[Atomic], Awaitable[list[Any]]]
-    redis: Any
-    poll_blocking: Any
-    _retention: int
-
-    def _register_run_scripts(self) -> None:
+    def __init__(self, settings: Settings, url: str) -> None:
+        super().__init__(settings, url)
         r = self.redis
         self._track = r.register_script(scripts.TRACK)
         self._claim = r.register_script(scripts.CLAIM)
@@ -57,9 +48,6 @@ class RunsMixin:
         self._settles: GroupCommit[Settle, Any] = GroupCommit(
             self._send_settles, max_wait=POOL_WAIT, overdue=writes_ahead_hang, max_batch=256)
         self._pending = r.register_script(scripts.CALLBACK_PENDING)
-
-    def _accept_parts(self, w: EventWrite) -> tuple[list[str], list[Any]]:
-        raise NotImplementedError  # Store's
 
     # ---- tracking -----------------------------------------------------------------------
 
@@ -178,10 +166,12 @@ class RunsMixin:
 
     @storage_op
     async def settle_run(self, provider: str, run_id: str, *, token: str, next_poll_ms: int,
-                         fields: dict[str, str], event: EventWrite | None) -> tuple[int, str]:
-        """Record a poll and reschedule, with its event; (3, '') lease lost, (4, '') already
-        finished, (5, '') no event, else accept()'s (code, id). Polls settled at the same
-        time share one round trip; each is recorded as if alone (scripts.SETTLE_MANY)."""
+                         fields: dict[str, str], event: EventWrite | None
+                         ) -> tuple[Reply, str]:
+        """Record a poll and reschedule, with its event: (LEASE_LOST, ''), (FINISHED, '') when
+        the run had finished, (NO_EVENT, '') without an event, else accept_event()'s answer.
+        Polls settled at the same time share one round trip; each is recorded as if alone
+        (scripts.SETTLE_MANY)."""
         k = self.keys
         keys = [k.run(provider, run_id), k.poll_due(provider)]
         # Strings throughout: the batch goes to Lua as JSON (scripts.SETTLE_MANY).
@@ -190,11 +180,12 @@ class RunsMixin:
         for pair in fields.items():
             args += pair
         if event is not None:
-            ekeys, eargs = self._accept_parts(event)
-            keys += ekeys
+            eargs: list[Any] = []
+            keys += shared_keys(k)
+            pack_event(keys, eargs, k, event)
             args += [a.decode() if isinstance(a, bytes) else str(a) for a in eargs]
         code, value = await self._settles.submit((keys, args))
-        return int(code), str(value)
+        return REPLIES[int(code)], str(value)
 
     async def _send_settles(self, items: list[Settle]) -> list[Any]:
         keys: list[str] = []
@@ -219,9 +210,9 @@ class RunsMixin:
     @storage_op
     async def callback_pending(self, provider: str, run_id: str, *, event_id: str,
                                callback: dict[str, Any], fields: dict[str, str]
-                               ) -> tuple[int, str]:
-        """Keep a callback on its tracked run for the poller to finish: (1, event id) kept,
-        (0, id) when its terminal event (or an earlier pending one) exists already."""
+                               ) -> tuple[Reply, str]:
+        """Keep a callback on its tracked run for the poller to finish: (STORED, event id)
+        kept, (DUPLICATE, id) when its terminal event (or an earlier pending one) exists."""
         k = self.keys
         flat = [x for pair in fields.items() for x in pair]
         code, value = await self._pending(
@@ -230,7 +221,7 @@ class RunsMixin:
             args=[run_member(provider, run_id), clock.now_ms(), event_id,
                   json.dumps(callback, separators=(",", ":")), *flat],
         )
-        return int(code), str(value)
+        return REPLIES[int(code)], str(value)
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:

@@ -1,8 +1,35 @@
-"""Lua scripts for every multi-key step that must be atomic; all keys share one hash slot."""
+"""Lua scripts for the atomic steps of events and tracked runs, and the codes they answer."""
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Any
+
+# Every multi-key step is one script, and all of its keys share one hash slot (keys.py). The
+# delivery queue's scripts are in queue_scripts.py.
+
+
+class Reply(IntEnum):
+    """The code that accept(), settle() and CALLBACK_PENDING answer beside a value."""
+
+    DUPLICATE = 0
+    """The event, or its run's terminal event, exists already; the value is that event's id."""
+    STORED = 1
+    """Stored with its deliveries queued (CALLBACK_PENDING: kept for the poller); the value is
+    the event id."""
+    STALE = 2
+    """The subscriptions changed since the caller's cache was read: match again; the value is
+    the current subscriptions version."""
+    LEASE_LOST = 3
+    """Another worker holds the run now, or it was untracked: the poll is dropped."""
+    FINISHED = 4
+    """The run had finished meanwhile: nothing was recorded."""
+    NO_EVENT = 5
+    """The poll was recorded and the run rescheduled; no event came with it."""
+
+
+# Replies by code: indexing a tuple is a fifth of the cost of Reply(code) on the ingest path.
+REPLIES = tuple(Reply)
 
 # Shared Lua functions, prepended to the scripts that use them.
 _FINISH_RUN = """
@@ -40,75 +67,69 @@ end
 
 _ACCEPT_FN = _FINISH_RUN + """
 -- Store an event and queue its deliveries in one atomic step, or report why not.
--- K: dedupe, event, events index, run index, subscriptions version, queue, deliveries index,
---    event's delivery list, tracked-run hash, provider's poll schedule, then
---    (delivery, subscription's delivery index) per delivery.
--- A: event id, body, type, provider, subject, ts ms, retention s, expected version ('*' skips
---    the check), dedupe mode, ends-run flag, run status, schedule member, then
---    (delivery id, subscription id) per delivery.
+-- S: what every event of one script call shares: {events index, subscriptions version, queue,
+--    deliveries index, ts ms, retention s}.
+-- The event itself is read from K at offset k and from A at offset a, laid out as
+-- store/events.py's pack_event() writes it:
+--   K: dedupe, event, run index, event's delivery list, tracked-run hash, provider's poll
+--      schedule, then (delivery, subscription's delivery index) per delivery;
+--   A: delivery count n, event id, body, type, provider, subject, expected version ('*' skips
+--      the check), dedupe mode, ends-run flag, run status, schedule member, then
+--      (delivery id, subscription id) per delivery.
+-- Offsets rather than copied tables: a batch's events are read in place from KEYS and ARGV.
 -- Dedupe mode '1' refuses a second event under the dedupe key and sets it; 'g' only refuses
 -- (run.updated and run.expired must not follow a terminal event); '0' does neither.
 -- An event that ends its run (terminal, expired) also finishes the tracked run, if any, in this
 -- same step: that is what stops polling the moment a callback reports the end.
--- Returns {0, existing id} for a duplicate, {2, version} when the caller's subscription cache
--- is stale (so no delivery is created for a subscription it has not seen), {1, id} when stored.
-local function accept(K, A)
-  local mode, ttl = A[9], A[7]
+-- Returns (codes as in Reply) {0, existing id} for a duplicate, {2, version} when the caller's
+-- subscription cache is stale (so no delivery is created for a subscription it has not seen),
+-- {1, id} when stored.
+local function accept(S, K, k, A, a)
+  local id, subject, mode, ts, ttl = A[a + 1], A[a + 5], A[a + 7], S[5], S[6]
   if mode ~= '0' then
-    local existing = redis.call('GET', K[1])
+    local existing = redis.call('GET', K[k])
     if existing then return {0, existing} end
   end
-  if A[8] ~= '*' then
-    local ver = redis.call('GET', K[5]) or '0'
-    if ver ~= A[8] then return {2, ver} end
+  if A[a + 6] ~= '*' then
+    local ver = redis.call('GET', S[2]) or '0'
+    if ver ~= A[a + 6] then return {2, ver} end
   end
-  if mode == '1' then redis.call('SET', K[1], A[1], 'EX', ttl) end
-  redis.call('HSET', K[2], 'body', A[2], 'type', A[3], 'provider', A[4], 'subject', A[5],
-    'ts', A[6])
-  redis.call('EXPIRE', K[2], ttl)
-  redis.call('ZADD', K[3], A[6], A[1])
-  redis.call('ZADD', K[4], A[6], A[1])
-  redis.call('EXPIRE', K[4], ttl)
-  local n = (#K - 10) / 2
+  if mode == '1' then redis.call('SET', K[k], id, 'EX', ttl) end
+  redis.call('HSET', K[k + 1], 'body', A[a + 2], 'type', A[a + 3], 'provider', A[a + 4],
+    'subject', subject, 'ts', ts)
+  redis.call('EXPIRE', K[k + 1], ttl)
+  redis.call('ZADD', S[1], ts, id)
+  redis.call('ZADD', K[k + 2], ts, id)
+  redis.call('EXPIRE', K[k + 2], ttl)
+  local n = tonumber(A[a])
   for i = 1, n do
-    local dkey, sidx = K[9 + 2 * i], K[10 + 2 * i]
-    local did, sid = A[11 + 2 * i], A[12 + 2 * i]
-    redis.call('HSET', dkey, 'ev', A[1], 'sub', sid, 'run', A[5], 'st', 'pending', 'n', 0,
-      'base', 0, 'g', 0, 'ts', A[6], 'up', A[6])
+    local dkey, sidx = K[k + 4 + 2 * i], K[k + 5 + 2 * i]
+    local did, sid = A[a + 9 + 2 * i], A[a + 10 + 2 * i]
+    redis.call('HSET', dkey, 'ev', id, 'sub', sid, 'run', subject, 'st', 'pending', 'n', 0,
+      'base', 0, 'g', 0, 'ts', ts, 'up', ts)
     redis.call('EXPIRE', dkey, ttl)
-    redis.call('ZADD', K[7], A[6], did)
-    redis.call('ZADD', sidx, A[6], did)
-    redis.call('RPUSH', K[8], did)
-    redis.call('XADD', K[6], '*', 'd', did, 'e', A[1], 'g', 0)
+    redis.call('ZADD', S[4], ts, did)
+    redis.call('ZADD', sidx, ts, did)
+    redis.call('RPUSH', K[k + 3], did)
+    redis.call('XADD', S[3], '*', 'd', did, 'e', id, 'g', 0)
   end
-  if n > 0 then redis.call('EXPIRE', K[8], ttl) end
-  if A[10] == '1' then finish_run(K[9], K[10], A[12], A[6], ttl, A[11]) end
-  return {1, A[1]}
+  if n > 0 then redis.call('EXPIRE', K[k + 3], ttl) end
+  if A[a + 8] == '1' then finish_run(K[k + 4], K[k + 5], A[a + 10], ts, ttl, A[a + 9]) end
+  return {1, id}
 end
 """
 
 # Many accept() calls in one script: the group commit of concurrent callbacks (batching.py).
-# What every event shares goes once, so an event packs 17 values (and 4 per delivery), not 24.
+# What every event shares goes once, so an event packs 17 values (and 4 per delivery), not 22.
 ACCEPT_MANY = _ACCEPT_FN + """
--- KEYS: events index, subscriptions version, queue, deliveries index, then per event its
---       dedupe, event, run index, event's delivery list, tracked-run hash and poll schedule
---       keys and (delivery, subscription's delivery index) per delivery.
--- ARGV: ts ms, retention s, then per event its delivery count, event id, body, type,
---       provider, subject, expected version, dedupe mode, ends-run flag, run status,
---       schedule member and (delivery id, subscription id) per delivery.
+-- KEYS: events index, subscriptions version, queue, deliveries index, then each event's keys.
+-- ARGV: ts ms, retention s, then each event's args (both in accept()'s layout).
 -- Returns code and value per event, flattened.
+local S = {KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2]}
 local out, k, a = {}, 5, 3
 while a <= #ARGV do
   local n = tonumber(ARGV[a])
-  local K = {KEYS[k], KEYS[k + 1], KEYS[1], KEYS[k + 2], KEYS[2], KEYS[3], KEYS[4],
-             KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]}
-  local A = {ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[1],
-             ARGV[2], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10]}
-  for i = 1, 2 * n do
-    K[10 + i] = KEYS[k + 5 + i]
-    A[12 + i] = ARGV[a + 10 + i]
-  end
-  local r = accept(K, A)
+  local r = accept(S, KEYS, k, ARGV, a)
   out[#out + 1], out[#out + 2] = r[1], r[2]
   k, a = k + 6 + 2 * n, a + 11 + 2 * n
 end
@@ -194,11 +215,13 @@ return 1
 
 _SETTLE_FN = _ACCEPT_FN + """
 -- Record one poll of a run and schedule its next one, with its event (if any) in the same step.
--- K: run hash, provider's poll schedule, then accept()'s keys when an event comes with it
+-- K: run hash, provider's poll schedule, then, when an event comes with it, accept()'s shared
+--    keys (events index, subscriptions version, queue, deliveries index) and the event's keys
 -- A: worker token, member, next poll ms, now ms, retention s, field count f, f field/value
---    pairs, then accept()'s args
--- Returns {3} when the lease was lost (another worker owns the run now, or it was untracked),
--- {4} when the run had finished meanwhile, accept()'s answer when an event came, else {5}.
+--    pairs, then the event's args (accept()'s layout)
+-- Returns (codes as in Reply) {3} when the lease was lost (another worker owns the run now, or
+-- it was untracked), {4} when the run had finished meanwhile, accept()'s answer when an event
+-- came, else {5}.
 local function settle(K, A)
   local hkey, due, member = K[1], K[2], A[2]
   local lease, st = unpack(redis.call('HMGET', hkey, 'lk', 'st'))
@@ -214,10 +237,7 @@ local function settle(K, A)
     redis.call('ZADD', due, A[3], member)
     return {5, ''}
   end
-  local EK, EA = {}, {}
-  for i = 3, #K do EK[#EK + 1] = K[i] end
-  for i = 7 + 2 * nf, #A do EA[#EA + 1] = A[i] end
-  local res = accept(EK, EA)
+  local res = accept({K[3], K[4], K[5], K[6], A[4], A[5]}, K, 7, A, 7 + 2 * nf)
   if res[1] == 2 then return res end
   if nf > 0 then redis.call('HSET', hkey, unpack(A, 7, 6 + 2 * nf)) end
   if redis.call('HGET', hkey, 'st') == 'finished' then
@@ -272,159 +292,6 @@ redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('RPUSH', KEYS[5], ARGV[2])
 redis.call('LTRIM', KEYS[5], -8, -1)
 return {1, ARGV[3]}
-"""
-
-_FINISH_FN = """
--- Record one attempt and move the delivery to its next state, releasing the queue entry.
--- KEYS: delivery, attempt log, queue, retry set, dead set, subscription, subscriptions version
--- ARGV: stream entry id, retry member, outcome (ok|retry|dead|cancel|gone), attempt JSON,
---       now ms, next due ms, retention s, disable-after ms, attempt log cap, entry generation
--- The subscription is disabled here, in the same step, when it has failed for longer than
--- RELAY_DISABLE_AFTER or answered 410 (outcome 'gone'). Returns the delivery's new status.
-local function finish(K, A)
-  redis.call('XACK', K[3], 'delivery', A[1])
-  redis.call('XDEL', K[3], A[1])
-  local st = redis.call('HGET', K[1], 'st')
-  if not st then return 'expired' end
-  -- An empty attempt means none was made (subscription gone, event expired): nothing to log.
-  if A[4] ~= '' then
-    redis.call('RPUSH', K[2], A[4])
-    redis.call('LTRIM', K[2], -tonumber(A[9]), -1)
-    redis.call('EXPIRE', K[2], A[7])
-    redis.call('HINCRBY', K[1], 'n', 1)
-  end
-  -- A delivery another worker already finished (after a takeover) never moves backwards, and
-  -- an entry from before a manual requeue (an older generation) no longer decides its state.
-  if st ~= 'pending' or redis.call('HGET', K[1], 'g') ~= A[10] then return st end
-  local out, now = A[3], A[5]
-  local sub_alive = redis.call('EXISTS', K[6]) == 1
-  local new = 'pending'
-  if out == 'ok' then
-    new = 'succeeded'
-    if sub_alive then redis.call('HDEL', K[6], 'fail_since') end
-  elseif out == 'cancel' then
-    new = 'cancelled'
-  elseif out == 'gone' then
-    new = 'cancelled'
-    if sub_alive and redis.call('HGET', K[6], 'status') == 'enabled' then
-      redis.call('HSET', K[6], 'status', 'disabled', 'disabled_reason',
-        'the endpoint answered 410 Gone', 'updated_at', now)
-      redis.call('INCR', K[7])
-    end
-  else
-    if out == 'dead' then new = 'dead' end
-    if sub_alive then
-      redis.call('HSETNX', K[6], 'fail_since', now)
-      local since = tonumber(redis.call('HGET', K[6], 'fail_since'))
-      if tonumber(now) - since >= tonumber(A[8])
-          and redis.call('HGET', K[6], 'status') == 'enabled' then
-        redis.call('HSET', K[6], 'status', 'disabled', 'disabled_reason',
-          'failing with no success for longer than RELAY_DISABLE_AFTER', 'updated_at', now)
-        redis.call('INCR', K[7])
-        new = 'cancelled'
-      end
-    end
-  end
-  redis.call('HSET', K[1], 'st', new, 'up', now)
-  if new == 'pending' then
-    redis.call('HSET', K[1], 'next', A[6])
-    redis.call('ZADD', K[4], A[6], A[2])
-  elseif new == 'dead' then
-    redis.call('ZADD', K[5], now, A[2])
-  end
-  return new
-end
-"""
-
-# Many finish() calls in one script: concurrent attempts settle together (batching.py).
-# What every attempt shares goes once, so a batch packs 9 values per attempt instead of 19.
-FINISH_MANY = _FINISH_FN + """
--- KEYS: queue, retry set, dead set, subscriptions version, then per attempt its delivery,
---       attempt log and subscription.
--- ARGV: retention s, disable-after ms, attempt log cap, now ms, then per attempt its stream
---       entry id, retry member, outcome, attempt JSON, next due ms and entry generation.
--- Returns each delivery's new status, in order.
-local out, a = {}, 5
-for k = 5, #KEYS, 3 do
-  out[#out + 1] = finish(
-    {KEYS[k], KEYS[k + 1], KEYS[1], KEYS[2], KEYS[3], KEYS[k + 2], KEYS[4]},
-    {ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[4], ARGV[a + 4], ARGV[1], ARGV[2],
-     ARGV[3], ARGV[a + 5]})
-  a = a + 6
-end
-return out
-"""
-
-LOAD = """
--- What a worker needs to attempt deliveries, in one call. KEYS: subscriptions version, then
--- (delivery hash, event hash) per delivery. Returns the version, then per delivery its hash
--- as a flat field/value list and the event's body (false when it has expired).
-local out = {redis.call('GET', KEYS[1]) or '0'}
-for i = 2, #KEYS, 2 do
-  out[#out + 1] = redis.call('HGETALL', KEYS[i])
-  out[#out + 1] = redis.call('HGET', KEYS[i + 1], 'body')
-end
-return out
-"""
-
-DEFER = """
--- Hand queue entries back for later without counting an attempt (subscription at capacity,
--- worker shutting down). KEYS: queue, retry set.
--- ARGV: (stream entry id, retry member, due ms) for each entry.
-for i = 1, #ARGV, 3 do
-  redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i + 1])
-  redis.call('XACK', KEYS[1], 'delivery', ARGV[i])
-  redis.call('XDEL', KEYS[1], ARGV[i])
-end
-return #ARGV / 3
-"""
-
-PROMOTE = """
--- Move retries that have come due into the queue, atomically, so none is lost or doubled.
--- KEYS: retry set, queue. ARGV: now ms, max count.
--- Returns {moved, score of the next retry or false}.
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, m in ipairs(due) do
-  local d, e, g = string.match(m, '^(%S+) (%S+) (%S+)$')
-  redis.call('XADD', KEYS[2], '*', 'd', d, 'e', e, 'g', g)
-  redis.call('ZREM', KEYS[1], m)
-end
-local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {#due, head[2] or false}
-"""
-
-REQUEUE = """
--- Queue a delivery for an attempt now (manual retry, recover), restarting its schedule.
--- A new generation makes any older queue entry of this delivery stale, so it is sent once.
--- KEYS: delivery, queue, retry set, dead set. ARGV: delivery id, now ms.
--- Returns the previous status, or false when the delivery no longer exists.
-local st, ev, g, n = unpack(redis.call('HMGET', KEYS[1], 'st', 'ev', 'g', 'n'))
-if not st then return false end
-local member = ARGV[1] .. ' ' .. ev .. ' ' .. g
-if redis.call('ZREM', KEYS[3], member) == 0 and st == 'pending' then
-  -- Already in the queue or being attempted: queueing it again would only double it.
-  return st
-end
-redis.call('ZREM', KEYS[4], member)
-local gen = redis.call('HINCRBY', KEYS[1], 'g', 1)
-redis.call('HSET', KEYS[1], 'st', 'pending', 'base', n, 'up', ARGV[2])
-redis.call('XADD', KEYS[2], '*', 'd', ARGV[1], 'e', ev, 'g', gen)
-return st
-"""
-
-CANCEL = """
--- Cancel pending deliveries of a deleted or disabled subscription.
--- KEYS: retry set, then one delivery key per delivery. ARGV: now ms, then the delivery ids.
-local n = 0
-for i = 2, #KEYS do
-  local st, ev, g = unpack(redis.call('HMGET', KEYS[i], 'st', 'ev', 'g'))
-  if st == 'pending' then
-    redis.call('HSET', KEYS[i], 'st', 'cancelled', 'up', ARGV[1])
-    redis.call('ZREM', KEYS[1], ARGV[i] .. ' ' .. ev .. ' ' .. g)
-    n = n + 1
-  end
-end
-return n
 """
 
 # Run the commands packed in ARGV (count, command, arguments..., count, ...) as one atomic step.
