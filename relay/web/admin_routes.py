@@ -12,7 +12,7 @@ from relay.errors import ValidationFailed
 from relay.models import DeliveryStatus
 from relay.signing import CallbackClaims
 from relay.web import validate as v
-from relay.web.app import admin, state_of
+from relay.web.common import admin, state_of
 
 _SUB_FIELDS = {"url", "events", "providers", "channels", "description", "enabled"}
 

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from relay import clock
 from relay.errors import ValidationFailed
 from relay.providers.base import parse_json
+from relay.web.common import read_body
 
 _ADMIN_BODY_CAP = 64 * 1024
 
@@ -30,8 +31,6 @@ class Problems:
 async def json_body(request: Request, *, allowed: set[str], optional: bool = False
                     ) -> dict[str, Any]:
     """The request's JSON object; unknown fields are refused so typos do not pass silently."""
-    from relay.web.app import read_body
-
     raw = await read_body(request, _ADMIN_BODY_CAP)
     if not raw.strip():
         if optional:
