@@ -10,12 +10,17 @@ from typing import Any
 import click
 import structlog
 
-from relay import ids
+from relay import __version__, ids
 from relay.cli.common import fail, load_settings, run
 from relay.config import Secret, Settings
 from relay.worker import SHUTDOWN_GRACE, on_signals, run_worker
 
 log = structlog.get_logger("relay.cli")
+
+def announce(role: str, settings: Settings) -> None:
+    """The one start-up line: what runs, which version, on which Redis, with which settings."""
+    log.info("relay_starting", version=__version__, role=role, **settings.describe())
+
 
 def embedded_settings(settings: Settings) -> Settings:
     """Fill RELAY_SECRET_KEY and RELAY_API_KEYS from ./relay-data/, generating them once."""
@@ -70,6 +75,7 @@ async def serve_http(settings: Settings, url: str, *, host: str, with_workers: b
 def serve(host: str) -> None:
     """Everything in one process: HTTP, poll scheduler and delivery workers."""
     settings = load_settings()
+    announce("serve", settings)
 
     async def go() -> None:
         if settings.redis_url is not None:
@@ -92,6 +98,7 @@ def web(host: str) -> None:
     """HTTP only (Procfile `web`); needs REDIS_URL."""
     settings = load_settings(need_redis=True)
     assert settings.redis_url is not None
+    announce("web", settings)
     run(serve_http(settings, settings.redis_url.reveal(), host=host, with_workers=False))
 
 
@@ -101,6 +108,7 @@ def worker(once: bool) -> None:
     """Poll scheduler and delivery workers (Procfile `worker`); any number may run."""
     settings = load_settings(need_redis=True)
     assert settings.redis_url is not None
+    announce("worker", settings)
     run(run_worker(settings, settings.redis_url.reveal(), once=once))
 
 
