@@ -6,15 +6,17 @@ from typing import Any
 
 import click
 
+from relay import schemas
 from relay.cli import output
 from relay.cli.common import (
     Command,
+    error_line,
     fail,
     json_option,
     load_settings,
     parse_metadata,
-    problems_line,
 )
+from relay.errors import ValidationFailed
 from relay.providers import callback_names
 
 
@@ -29,20 +31,19 @@ def callback_url(provider: str, channels: tuple[str, ...], metadata: str | None,
                  technique_id: str | None, as_json: bool) -> None:
     """Mint a signed callback URL to give a provider when starting a run."""
     from relay.signing import CallbackClaims, TokenSigner
-    from relay.web import validate as v
 
     settings = load_settings()
-    problems = v.Problems()
-    doc: dict[str, Any] = {"channels": list(channels) or None}
+    doc: dict[str, Any] = {"provider": provider}
+    if channels:
+        doc["channels"] = list(channels)
     if technique_id is not None:
         doc["technique_id"] = technique_id
-    chosen = v.string_list(doc, "channels", problems)
-    technique = v.string(doc, "technique_id", problems, max_len=256)
-    message = problems_line(problems)
-    if message:
-        fail(message)
-    meta = parse_metadata(metadata)
-    claims = CallbackClaims(provider, tuple(chosen or ()), meta, technique)
+    try:
+        body = schemas.parse(schemas.CallbackUrlRequest, doc)
+    except ValidationFailed as exc:
+        fail(error_line(exc))
+    claims = CallbackClaims(provider, tuple(body.get("channels", ())), parse_metadata(metadata),
+                            body.get("technique_id"))
     if settings.secret_key is not None:
         key = settings.secret_key.reveal()
     else:

@@ -8,16 +8,13 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import IO, Any, NoReturn, TypeVar
 
 import click
 
 from relay import logs
 from relay.config import ConfigError, Settings
 from relay.errors import RelayError
-
-if TYPE_CHECKING:
-    from relay.web.validate import Problems
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,13 +77,6 @@ def error_line(exc: RelayError) -> str:
     details = "; ".join(f"{OPTION.get(d['field'], d['field'])}: {d['problem']}"
                         for d in exc.details or () if isinstance(d, dict))
     return f"{exc.code}: {exc.message}" + (f" ({details})" if details else "")
-
-
-def problems_line(problems: Problems) -> str | None:
-    if not problems.items:
-        return None
-    return "; ".join(f"{OPTION.get(p['field'], p['field'])} {p['problem']}"
-                     for p in problems.items)
 
 
 def _embedded_url(settings: Settings) -> str:

@@ -6,16 +6,9 @@ from typing import TYPE_CHECKING
 
 import click
 
+from relay import schemas
 from relay.cli import output
-from relay.cli.common import (
-    Group,
-    admin_command,
-    fail,
-    json_option,
-    paging_options,
-    parse_metadata,
-    problems_line,
-)
+from relay.cli.common import Group, admin_command, json_option, paging_options, parse_metadata
 from relay.providers import poll_names
 
 if TYPE_CHECKING:
@@ -44,17 +37,16 @@ async def track(relay: Relay, provider: str, run_id: str, technique_id: str | No
                 channels: tuple[str, ...], metadata: str | None, as_json: bool) -> None:
     """Start polling a run until it ends; idempotent."""
     from relay.tracking import Tracking
-    from relay.web import validate as v
 
-    problems = v.Problems()
-    chosen = v.string_list({"channels": list(channels) or None}, "channels", problems)
-    v.run_id({"run_id": run_id}, "run_id", problems)
-    message = problems_line(problems)
-    if message:
-        fail(message)
+    doc: dict[str, object] = {"provider": provider, "run_id": run_id}
+    if channels:
+        doc["channels"] = list(channels)
+    if technique_id is not None:
+        doc["technique_id"] = technique_id
+    body = schemas.parse(schemas.TrackRunRequest, doc)
     meta = parse_metadata(metadata)
     view, created = await Tracking(relay).track(provider, run_id, technique_id=technique_id,
-                                                channels=chosen, metadata=meta)
+                                                channels=body.get("channels"), metadata=meta)
     if as_json:
         output.emit_json(view)
         return

@@ -6,37 +6,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from relay import schemas
 from relay.cli import output
-from relay.cli.common import Group, admin_command, json_option, paging_options, problems_line
-from relay.errors import ValidationFailed
+from relay.cli.common import Group, admin_command, json_option, paging_options
 
 if TYPE_CHECKING:
     from relay.service import Relay
 
 # Table columns are the JSON fields, so what a person reads is what a script gets.
 _COLUMNS = ("id", "status", "events", "providers", "channels", "url")
-
-
-def _subscription_spec(url: str, events: tuple[str, ...], providers: tuple[str, ...],
-                       channels: tuple[str, ...], description: str | None,
-                       enabled: bool) -> dict[str, Any]:
-    """The HTTP API's checks (admin_routes._subscription_spec) over the options given."""
-    from relay.web import validate as v
-
-    doc: dict[str, Any] = {"url": url, "events": list(events), "providers": list(providers),
-                           "channels": list(channels), "description": description}
-    problems = v.Problems()
-    spec: dict[str, Any] = {"url": v.string(doc, "url", problems, required=True),
-                            "enabled": enabled}
-    for name in ("events", "providers", "channels"):
-        if doc[name]:
-            spec[name] = v.string_list(doc, name, problems)
-    if description is not None:
-        spec["description"] = v.string(doc, "description", problems, max_len=1000)
-    message = problems_line(problems)
-    if message:
-        raise ValidationFailed("validation_error", message)
-    return spec
 
 
 @click.group(cls=Group)
@@ -59,8 +37,14 @@ async def create(relay: Relay, url: str, events: tuple[str, ...], providers: tup
                  channels: tuple[str, ...], description: str | None, disabled: bool,
                  as_json: bool) -> None:
     """Create a subscription; prints it with its signing secret."""
-    spec = _subscription_spec(url, events, providers, channels, description, not disabled)
-    sub, secret = await relay.create_subscription(spec)
+    doc: dict[str, Any] = {"url": url, "enabled": not disabled}
+    for name, given in (("events", events), ("providers", providers), ("channels", channels)):
+        if given:
+            doc[name] = list(given)
+    if description is not None:
+        doc["description"] = description
+    spec = schemas.parse(schemas.SubscriptionInput, doc)
+    sub, secret = await relay.create_subscription(dict(spec))
     doc = {**sub.public(), "secret": secret}
     output.show(doc, as_json)
 

@@ -1,27 +1,36 @@
-"""What the web modules share: the app state, body reading, admin auth and error bodies."""
+"""What the web modules share: the app state, request reading, admin auth and error bodies."""
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
-from relay import metrics
+from relay import metrics, schemas
 from relay.config import Settings
-from relay.errors import PayloadTooLarge, RelayError, StorageUnavailable, Unauthorized
+from relay.errors import (
+    PayloadTooLarge,
+    RelayError,
+    StorageUnavailable,
+    Unauthorized,
+    ValidationFailed,
+)
 from relay.providers import CallbackProvider
+from relay.providers.base import parse_json
 from relay.service import Relay
 from relay.signing import TokenSigner
 from relay.store import Store
 from relay.tracking import Tracking
 
 log = structlog.get_logger("relay.web")
+
+T = TypeVar("T")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -70,6 +79,36 @@ async def read_raw_body(receive: Receive, declared: str | None, cap: int) -> byt
 
 async def read_body(request: Request, cap: int) -> bytes:
     return await read_raw_body(request.receive, request.headers.get("content-length"), cap)
+
+
+_ADMIN_BODY_CAP = 64 * 1024
+
+
+async def json_body(request: Request, shape: type[T], *, optional: bool = False) -> T:
+    """The request's JSON object as `shape`; every problem becomes a 422 detail, never a 500."""
+    raw = await read_body(request, _ADMIN_BODY_CAP)
+    if not raw.strip():
+        if optional:
+            return schemas.parse(shape, {})
+        raise ValidationFailed("validation_error", "a JSON object body is required",
+                               details=[{"field": "$", "problem": "missing"}])
+    doc = parse_json(raw)
+    if not isinstance(doc, dict):
+        raise ValidationFailed("validation_error", "the body must be a JSON object",
+                               details=[{"field": "$", "problem": "expected an object"}])
+    return schemas.parse(shape, doc)
+
+
+def paging(request: Request) -> tuple[int, str | None]:
+    raw = request.query_params.get("limit", "20")
+    try:
+        limit = int(raw)
+        if not 1 <= limit <= 100:
+            raise ValueError
+    except ValueError:
+        raise ValidationFailed("validation_error", "the request is not valid", details=[
+            {"field": "limit", "problem": "must be a whole number from 1 to 100"}]) from None
+    return limit, request.query_params.get("cursor") or None
 
 
 def admin(handler: Handler) -> Handler:
