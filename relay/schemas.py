@@ -1,5 +1,4 @@
-"""The admin API's request bodies, declared once: the API and the CLI validate with them and
-`/openapi.json` describes them from them."""
+"""The admin API's request bodies, declared once for the API, the CLI and /openapi.json."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The OpenAPI document's component schemas: responses, errors and the emitted event; the
-request bodies come from relay.schemas."""
+"""OpenAPI component schemas: responses, errors, the emitted event, and relay.schemas' bodies."""
 
 from __future__ import annotations
 
