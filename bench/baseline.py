@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--redis-max-connections", type=int, default=64)
     args = parser.parse_args()
     app = create_app(args.redis_url, max_connections=args.redis_max_connections)
-    # The same uvicorn settings as `relay web` (serve_http in relay/cli.py).
+    # The same uvicorn settings as `relay web` (serve_http in relay/cli/server.py).
     config = uvicorn.Config(
         app, host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
         log_config=None, access_log=False, proxy_headers=True, forwarded_allow_ips="*",

@@ -46,12 +46,14 @@ class Secret:
         return bool(self._value)
 
 
-def _mask_url(url: str) -> str:
+def _redis_location(url: str) -> str:
+    """Where a Redis URL points, without its user, password or database: `host:port`."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
-    return parts._replace(netloc=netloc).geturl()
+    if parts.scheme == "unix":
+        return f"unix:{parts.path}"
+    host = parts.hostname or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}:{parts.port or 6379}"
 
 
 @dataclass(frozen=True)
@@ -112,13 +114,26 @@ class Settings:
         return len(self.retry_schedule) + 1
 
     def describe(self) -> dict[str, object]:
-        """Every setting, secrets masked, for the start-up log line."""
-        out: dict[str, object] = {}
+        """The start-up line's settings: where Redis is and every setting that is not a secret.
+
+        Secrets (the secret key, API keys, provider keys, webhook secrets) are left out, not
+        masked: a log line is no place to learn even their length.
+        """
+        redis = (_redis_location(self.redis_url.reveal()) if self.redis_url is not None
+                 else f"embedded unix:{(self.data_dir / 'redis.sock').resolve()}")
+        out: dict[str, object] = {"redis": redis}
         for f in fields(self):
+            # By declared type, so a secret added later stays out without a list to update.
+            if "Secret" in str(f.type):
+                continue
             value = getattr(self, f.name)
-            if f.name == "redis_url" and value is not None:
-                value = _mask_url(value.reveal())
-            out[f.name] = repr(value) if isinstance(value, ProviderAPI | tuple) else str(value)
+            if isinstance(value, ProviderAPI):
+                out[f"{f.name}_base_url"] = value.base_url
+                out[f"{f.name}_rate_limit"] = value.rate_limit
+                out[f"{f.name}_polled"] = value.api_key is not None
+            else:
+                out[f.name] = list(value) if isinstance(value, tuple) else \
+                    str(value) if isinstance(value, Path) else value
         return out
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -109,6 +109,23 @@ def test_subscription_lifecycle_create_list_show_rotate_delete(env: dict[str, st
     assert_one_line_failure(cli(env, "subscriptions", "show", sub_id, code=1), "not_found")
 
 
+def test_create_takes_events_as_well_as_event(env: dict[str, str]) -> None:
+    """`--events` (the API's field name) works as `--event` does, and the two combine."""
+    created = cli_json(env, "subscriptions", "create", "--url", "http://127.0.0.1:9/hook",
+                       "--events", "run.*", "--event", "batch.*")
+    assert created["events"] == ["run.*", "batch.*"]
+
+
+def test_provider_choices_come_from_the_registry(env: dict[str, str]) -> None:
+    """`callback-url` offers the providers that call back, `runs track` those that are polled."""
+    from relay.providers import callback_names, poll_names
+
+    proc = cli(env, "callback-url", "replicate", code=2)
+    assert_one_line_failure(proc, *callback_names())
+    proc = cli(env, "runs", "track", "replicate", "x", code=2)
+    assert_one_line_failure(proc, *poll_names())
+
+
 def test_list_without_json_prints_an_aligned_table(env: dict[str, str]) -> None:
     """People get a header row and one aligned row per subscription."""
     a = cli_json(env, "subscriptions", "create", "--url", "http://127.0.0.1:9/a")["id"]

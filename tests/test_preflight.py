@@ -1,13 +1,24 @@
-"""relay preflight: checks Redis, prepares the consumer group, fails with one clear line."""
+"""Server process start: preflight checks Redis and fails with one clear line; each server
+process announces itself in one line that carries no secret."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import pytest
 import redis
 
-from tests.helpers import ROOT, RedisClusterServer, RedisServer, free_port, relay_env
+from relay import __version__
+from tests.helpers import (
+    ROOT,
+    RedisClusterServer,
+    RedisServer,
+    RelayProcess,
+    free_port,
+    relay_env,
+)
 
 
 def preflight(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -61,3 +72,35 @@ def test_redis_cluster_true_against_a_single_redis_fails_with_one_line(
     assert proc.returncode == 1
     (line,) = proc.stderr.strip().splitlines()
     assert "REDIS_CLUSTER=true" in line
+
+
+@pytest.mark.parametrize("role", ["web", "worker"])
+def test_a_server_process_logs_one_start_line_without_secrets(
+        redis_server: RedisServer, prefix: str, role: str) -> None:
+    """Version, role, Redis host and port, the non-secret settings; no password, key or secret."""
+    if redis_server.cluster:
+        pytest.skip("one Redis user on one server is enough to see the password left out")
+    password = "redis-pass-Zq81"
+    user = f"{prefix}-user"
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"], channels=["*"],
+                     commands=["+@all"])
+    secrets = {"REDIS_URL": f"redis://{user}:{password}@127.0.0.1:{redis_server.port}/0",
+               "RELAY_SECRET_KEY": "secret-key-Kx4b7Qm2Lw9p", "RELAY_API_KEYS": "api-key-Hv3n",
+               "RUNFLOW_CALLBACK_SECRETS": "rf-secret-Pd6s", "FLORA_WEBHOOK_SECRETS": "fl-sec-Tz2",
+               "BETTERPROMPT_API_KEY": "bp-key-Wr7c", "FLORA_API_KEY": "fl-key-Mb5e"}
+    process = RelayProcess(role, {**relay_env(redis_server, prefix), **secrets})
+    try:
+        text = process.start().log()
+    finally:
+        process.stop()
+        admin.acl_deluser(user)
+    for value in (password, user, *secrets.values()):
+        assert value not in text, value
+    lines = [json.loads(line) for line in text.splitlines() if '"relay_starting"' in line]
+    assert len(lines) == 1, text
+    (start,) = lines
+    assert start["version"] == __version__ and start["role"] == role
+    assert start["redis"] == f"redis://127.0.0.1:{redis_server.port}"
+    assert start["key_prefix"] == prefix and start["betterprompt_polled"] is True
+    assert start["retry_schedule"] == [0.2, 0.4] and start["port"] == process.port

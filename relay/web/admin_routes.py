@@ -2,50 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from relay import schemas
 from relay.errors import ValidationFailed
 from relay.models import DeliveryStatus
 from relay.signing import CallbackClaims
-from relay.web import validate as v
-from relay.web.app import admin, state_of
-
-_SUB_FIELDS = {"url", "events", "providers", "channels", "description", "enabled"}
-
-
-def _subscription_spec(doc: dict[str, Any], *, partial: bool) -> dict[str, Any]:
-    problems = v.Problems()
-    spec: dict[str, Any] = {}
-    url = v.string(doc, "url", problems, required=not partial)
-    if url is not None:
-        spec["url"] = url
-    for name in ("events", "providers", "channels"):
-        if name in doc:
-            spec[name] = v.string_list(doc, name, problems, nullable=name != "events")
-    if "description" in doc:
-        spec["description"] = v.string(doc, "description", problems, max_len=1000, nullable=True)
-    enabled = v.boolean(doc, "enabled", problems)
-    if enabled is not None:
-        spec["enabled"] = enabled
-    problems.raise_if_any()
-    return spec
+from relay.web.common import admin, json_body, paging, state_of
 
 
 @admin
 async def create_subscription(request: Request) -> Response:
-    doc = await v.json_body(request, allowed=_SUB_FIELDS)
-    sub, secret = await state_of(request).relay.create_subscription(
-        _subscription_spec(doc, partial=False))
+    spec = await json_body(request, schemas.SubscriptionInput)
+    sub, secret = await state_of(request).relay.create_subscription(dict(spec))
     return JSONResponse({**sub.public(), "secret": secret}, status_code=201)
 
 
 @admin
 async def list_subscriptions(request: Request) -> Response:
-    limit, cursor = v.paging(request)
+    limit, cursor = paging(request)
     state = state_of(request)
     page = await state.store.list_subscriptions(limit, cursor)
     subs = await state.store.get_subscriptions(page.ids)
@@ -61,9 +38,9 @@ async def show_subscription(request: Request) -> Response:
 
 @admin
 async def update_subscription(request: Request) -> Response:
-    doc = await v.json_body(request, allowed=_SUB_FIELDS)
-    sub = await state_of(request).relay.update_subscription(
-        request.path_params["id"], _subscription_spec(doc, partial=True))
+    spec = await json_body(request, schemas.SubscriptionPatch)
+    sub = await state_of(request).relay.update_subscription(request.path_params["id"],
+                                                            dict(spec))
     return JSONResponse(sub.public())
 
 
@@ -92,53 +69,32 @@ async def test_subscription(request: Request) -> Response:
 
 @admin
 async def recover_subscription(request: Request) -> Response:
-    doc = await v.json_body(request, allowed={"since"})
-    problems = v.Problems()
-    since = v.timestamp(doc, "since", problems)
-    problems.raise_if_any()
-    assert since is not None
-    count = await state_of(request).relay.recover(request.path_params["id"], since)
+    body = await json_body(request, schemas.RecoverRequest)
+    count = await state_of(request).relay.recover(request.path_params["id"], body["since"])
     return JSONResponse({"requeued": count})
 
 
 @admin
 async def mint_callback_url(request: Request) -> Response:
-    doc = await v.json_body(request, allowed={"provider", "channels", "metadata", "technique_id"})
-    problems = v.Problems()
-    provider = v.string(doc, "provider", problems, required=True)
-    if provider is not None and provider not in ("runflow", "flora"):
-        problems.add("provider", "must be runflow or flora")
-    channels = v.string_list(doc, "channels", problems)
-    technique = v.string(doc, "technique_id", problems, max_len=256)
-    problems.raise_if_any()
-    assert provider is not None
-    claims = CallbackClaims(provider, tuple(channels or ()), doc.get("metadata"), technique)
+    body = await json_body(request, schemas.CallbackUrlRequest)
+    claims = CallbackClaims(body["provider"], tuple(body.get("channels", ())),
+                            body.get("metadata"), body.get("technique_id"))
     state = state_of(request)
     return JSONResponse({"url": state.signer.url(state.settings.public_url, claims)})
 
 
-_RUN_FIELDS = {"provider", "run_id", "technique_id", "channels", "metadata"}
-
-
 @admin
 async def track_run(request: Request) -> Response:
-    doc = await v.json_body(request, allowed=_RUN_FIELDS)
-    problems = v.Problems()
-    provider = v.string(doc, "provider", problems, required=True, max_len=64)
-    run_id = v.run_id(doc, "run_id", problems)
-    technique = v.string(doc, "technique_id", problems, max_len=256, nullable=True)
-    channels = v.string_list(doc, "channels", problems)
-    problems.raise_if_any()
-    assert provider is not None and run_id is not None
+    body = await json_body(request, schemas.TrackRunRequest)
     view, created = await state_of(request).tracking.track(
-        provider, run_id, technique_id=technique, channels=channels,
-        metadata=doc.get("metadata"))
+        body["provider"], body["run_id"], technique_id=body.get("technique_id"),
+        channels=body.get("channels"), metadata=body.get("metadata"))
     return JSONResponse(view, status_code=201 if created else 200)
 
 
 @admin
 async def list_runs(request: Request) -> Response:
-    limit, cursor = v.paging(request)
+    limit, cursor = paging(request)
     q = request.query_params
     state_filter = q.get("state") or None
     if state_filter is not None and state_filter not in ("active", "finished"):
@@ -164,7 +120,7 @@ async def untrack_run(request: Request) -> Response:
 
 @admin
 async def list_events(request: Request) -> Response:
-    limit, cursor = v.paging(request)
+    limit, cursor = paging(request)
     state = state_of(request)
     q = request.query_params
     page = await state.store.list_events(
@@ -181,17 +137,15 @@ async def show_event(request: Request) -> Response:
 
 @admin
 async def redeliver_event(request: Request) -> Response:
-    doc = await v.json_body(request, allowed={"subscription_ids"}, optional=True)
-    problems = v.Problems()
-    sub_ids = v.string_list(doc, "subscription_ids", problems)
-    problems.raise_if_any()
-    created = await state_of(request).relay.redeliver(request.path_params["id"], sub_ids)
+    body = await json_body(request, schemas.RedeliverRequest, optional=True)
+    created = await state_of(request).relay.redeliver(request.path_params["id"],
+                                                      body.get("subscription_ids"))
     return JSONResponse({"deliveries": created}, status_code=202)
 
 
 @admin
 async def list_deliveries(request: Request) -> Response:
-    limit, cursor = v.paging(request)
+    limit, cursor = paging(request)
     q = request.query_params
     status = q.get("status") or None
     if status is not None and status not in {s.value for s in DeliveryStatus}:

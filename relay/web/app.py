@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -20,103 +18,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay import metrics
 from relay.config import Settings
-from relay.errors import PayloadTooLarge, RelayError, StorageUnavailable, Unauthorized
+from relay.errors import RelayError, StorageUnavailable
 from relay.outbound import ProviderClient
-from relay.providers import CallbackProvider, callback_providers, poll_providers
+from relay.providers import callback_providers, poll_providers
 from relay.service import Relay
 from relay.signing import TokenSigner
 from relay.store import Store
 from relay.tracking import Tracking
+from relay.web import admin_routes, callbacks, openapi, ui
+from relay.web.common import AppState, error_body, report_unexpected, route_of, state_of
 
 log = structlog.get_logger("relay.web")
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-@dataclass
-class AppState:
-    """What the lifespan opens and every handler reads from `request.app.state.relay`."""
-
-    settings: Settings
-    store: Store
-    relay: Relay
-    providers: dict[str, CallbackProvider]
-    signer: TokenSigner
-    tracking: Tracking
-
-
-def state_of(request: Request) -> AppState:
-    st: AppState = request.app.state.relay
-    return st
-
-
-class ClientGone(Exception):
-    """The caller hung up before its body arrived: there is nobody to answer."""
-
-
-async def read_raw_body(receive: Receive, declared: str | None, cap: int) -> bytes:
-    """The raw body, refused with 413 as soon as it passes `cap` (declared or streamed)."""
-    # ASCII digits only: str.isdigit() also passes "²", which int() then refuses.
-    if declared is not None and declared.isascii() and declared.isdigit() \
-            and int(declared) > cap:
-        raise PayloadTooLarge(f"the body is larger than {cap} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > cap:
-            raise PayloadTooLarge(f"the body is larger than {cap} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def read_body(request: Request, cap: int) -> bytes:
-    return await read_raw_body(request.receive, request.headers.get("content-length"), cap)
-
-
-def admin(handler: Handler) -> Handler:
-    """Require `Authorization: Bearer <one of RELAY_API_KEYS>`, compared in constant time."""
-
-    async def wrapped(request: Request) -> Response:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        keys = state_of(request).settings.api_keys
-        ok = False
-        if scheme.lower() == "bearer" and token:
-            for key in keys:
-                ok |= hmac.compare_digest(key.reveal().encode(), token.strip().encode())
-        if not ok:
-            raise Unauthorized("a valid API key is required: Authorization: Bearer <key>")
-        return await handler(request)
-
-    wrapped.__name__ = handler.__name__
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
-
-
-def route_of(request: Request) -> str:
-    """The matched route's template: a logged path must not carry a callback-URL token."""
-    route = request.scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
-
-
-def error_body(exc: RelayError, *, route: str) -> dict[str, Any]:
-    """The contract's error body for `exc` (its status is `exc.status`); counts 503s."""
-    if isinstance(exc, StorageUnavailable):
-        metrics.STORAGE_ERRORS.labels(exc.reason).inc()
-        log.warning("storage_unavailable", route=route, reason=exc.reason, error=exc.message)
-    return exc.body()
-
-
-def report_unexpected(route: str) -> None:
-    """Log the exception being handled, which will be answered with a 500."""
-    log.exception("unhandled_error", route=route)
-
 
 async def relay_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RelayError)
@@ -177,8 +89,6 @@ def create_app(
     background: list[Background] | None = None,
 ) -> Starlette:
     """The HTTP app; `background` tasks (the workers of `relay serve`) share its lifespan."""
-    from relay.web import admin_routes, callbacks, openapi, ui
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = Store(settings, redis_url)

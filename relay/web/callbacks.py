@@ -13,7 +13,7 @@ from relay import clock, metrics
 from relay.errors import RelayError
 from relay.providers import CallbackContext
 from relay.providers.flora import Flora
-from relay.web.app import AppState, ClientGone, error_body, read_raw_body, report_unexpected
+from relay.web.common import AppState, ClientGone, error_body, read_raw_body, report_unexpected
 
 log = structlog.get_logger("relay.ingest")
 

@@ -16,7 +16,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from relay.errors import Forbidden
-from relay.web.app import read_body, state_of
+from relay.web.common import read_body, state_of
 
 COOKIE = "relay_session"
 SESSION_SECONDS = 12 * 3600

@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 import click
 
-from relay.cli import admin_command, fail, main
-from relay.cli_admin import (
-    _emit_json,
-    _fields,
-    _Group,
-    _listing,
-    _problems_line,
-    _show,
-    json_option,
-    paging_options,
-)
+from relay import schemas
+from relay.cli import output
+from relay.cli.common import Group, admin_command, json_option, paging_options, parse_metadata
+from relay.providers import poll_names
 
 if TYPE_CHECKING:
     from relay.service import Relay
 
 _RUN_COLUMNS = ("provider", "run_id", "state", "status", "polls", "last_polled_at",
                 "next_poll_at")
-_PROVIDERS = click.Choice(["betterprompt", "flora", "runflow"])
+_PROVIDERS = click.Choice(poll_names())
 
 
-@main.group(cls=_Group)
+@click.group(cls=Group)
 def runs() -> None:
-    """Track runs on the poll scheduler (BetterPrompt, FLORA, Runflow)."""
+    """Track runs on the poll scheduler until they end."""
 
 
 @runs.command()
@@ -45,26 +37,20 @@ async def track(relay: Relay, provider: str, run_id: str, technique_id: str | No
                 channels: tuple[str, ...], metadata: str | None, as_json: bool) -> None:
     """Start polling a run until it ends; idempotent."""
     from relay.tracking import Tracking
-    from relay.web import validate as v
 
-    problems = v.Problems()
-    chosen = v.string_list({"channels": list(channels) or None}, "channels", problems)
-    v.run_id({"run_id": run_id}, "run_id", problems)
-    message = _problems_line(problems)
-    if message:
-        fail(message)
-    meta = None
-    if metadata is not None:
-        try:
-            meta = json.loads(metadata)
-        except ValueError as exc:
-            fail(f"--metadata is not valid JSON: {exc}")
+    doc: dict[str, object] = {"provider": provider, "run_id": run_id}
+    if channels:
+        doc["channels"] = list(channels)
+    if technique_id is not None:
+        doc["technique_id"] = technique_id
+    body = schemas.parse(schemas.TrackRunRequest, doc)
+    meta = parse_metadata(metadata)
     view, created = await Tracking(relay).track(provider, run_id, technique_id=technique_id,
-                                                channels=chosen, metadata=meta)
+                                                channels=body.get("channels"), metadata=meta)
     if as_json:
-        _emit_json(view)
+        output.emit_json(view)
         return
-    _fields(view)
+    output.fields(view)
     if not created:
         click.echo("(already tracked: shown as it is)", err=True)
 
@@ -82,7 +68,7 @@ async def list_runs(relay: Relay, provider: str | None, state: str | None, limit
 
     data, next_cursor = await Tracking(relay, providers={}).list(
         provider=provider, state=state, limit=limit, cursor=cursor or None)
-    _listing(data, next_cursor, as_json, _RUN_COLUMNS)
+    output.listing(data, next_cursor, as_json, _RUN_COLUMNS)
 
 
 @runs.command("show")
@@ -94,7 +80,7 @@ async def show_run(relay: Relay, provider: str, run_id: str, as_json: bool) -> N
     """Show a tracked run: its state, polls, last error and events."""
     from relay.tracking import Tracking
 
-    _show(await Tracking(relay, providers={}).show(provider, run_id), as_json)
+    output.show(await Tracking(relay, providers={}).show(provider, run_id), as_json)
 
 
 @runs.command("untrack")
@@ -108,6 +94,6 @@ async def untrack(relay: Relay, provider: str, run_id: str, as_json: bool) -> No
 
     await Tracking(relay, providers={}).untrack(provider, run_id)
     if as_json:
-        _emit_json({"untracked": True})
+        output.emit_json({"untracked": True})
     else:
         click.echo(f"no longer tracking {provider} run {run_id}")

@@ -1,46 +1,25 @@
-"""Command line: the server processes (serve, web, worker, preflight) and the admin commands."""
+"""The server processes: `relay serve`, `web`, `worker` and `preflight` (Procfile roles)."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import signal
-import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from pathlib import Path
-from typing import Any, NoReturn
+from collections.abc import Iterator
+from typing import Any
 
 import click
 import structlog
 
-from relay import __version__, ids, logs
-from relay.config import ConfigError, Secret, Settings
+from relay import __version__, ids
+from relay.cli.common import fail, load_settings, run
+from relay.config import Secret, Settings
 from relay.worker import SHUTDOWN_GRACE, on_signals, run_worker
 
 log = structlog.get_logger("relay.cli")
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"relay: {message}", err=True)
-    sys.exit(code)
-
-
-def load_settings(*, need_redis: bool = False) -> Settings:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        fail(f"invalid configuration: {exc}", 2)
-    if need_redis and settings.redis_url is None:
-        fail("REDIS_URL is not set; only `relay serve` can run on the embedded store", 2)
-    logs.configure(settings)
-    return settings
-
-
-def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    try:
-        import uvloop
-
-        return uvloop.run(coro)
-    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
-        return asyncio.run(coro)
+def announce(role: str, settings: Settings) -> None:
+    """The one start-up line: what runs, which version, on which Redis, with which settings."""
+    log.info("relay_starting", version=__version__, role=role, **settings.describe())
 
 
 def embedded_settings(settings: Settings) -> Settings:
@@ -63,8 +42,6 @@ def embedded_settings(settings: Settings) -> Settings:
 
 def _quiet_server(config: Any) -> Any:
     """uvicorn's Server, exiting 0 after a graceful SIGTERM instead of re-raising the signal."""
-    import contextlib
-
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -93,17 +70,12 @@ async def serve_http(settings: Settings, url: str, *, host: str, with_workers: b
     await _quiet_server(config).serve()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="relay")
-def main() -> None:
-    """relay: webhook receiver and callback relay for AI-generation run APIs."""
-
-
-@main.command()
+@click.command()
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
 def serve(host: str) -> None:
     """Everything in one process: HTTP, poll scheduler and delivery workers."""
     settings = load_settings()
+    announce("serve", settings)
 
     async def go() -> None:
         if settings.redis_url is not None:
@@ -120,25 +92,27 @@ def serve(host: str) -> None:
     run(go())
 
 
-@main.command()
+@click.command()
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
 def web(host: str) -> None:
     """HTTP only (Procfile `web`); needs REDIS_URL."""
     settings = load_settings(need_redis=True)
     assert settings.redis_url is not None
+    announce("web", settings)
     run(serve_http(settings, settings.redis_url.reveal(), host=host, with_workers=False))
 
 
-@main.command()
+@click.command()
 @click.option("--once", is_flag=True, help="One pass over due work, then exit (for tests).")
 def worker(once: bool) -> None:
     """Poll scheduler and delivery workers (Procfile `worker`); any number may run."""
     settings = load_settings(need_redis=True)
     assert settings.redis_url is not None
+    announce("worker", settings)
     run(run_worker(settings, settings.redis_url.reveal(), once=once))
 
 
-@main.command()
+@click.command()
 def preflight() -> None:
     """Check Redis and prepare it (Procfile `release`); exit 0 or say what is wrong."""
     settings = load_settings(need_redis=True)
@@ -173,42 +147,3 @@ async def run_preflight(settings: Settings, url: str) -> None:
             )
         click.echo(f"relay: preflight ok (Redis {info['redis_version']}, "
                    f"maxmemory-policy {info['maxmemory_policy']})")
-
-
-def admin_command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., None]:
-    """Wrap an async admin command: open the store, map errors to one line and exit 1."""
-    from functools import wraps
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        from relay.errors import RelayError
-        from relay.service import Relay
-        from relay.store import open_store
-
-        settings = load_settings()
-        url = settings.redis_url.reveal() if settings.redis_url else _embedded_url(settings)
-
-        async def go() -> Any:
-            async with open_store(settings, url) as store:
-                return await fn(Relay(settings, store), *args, **kwargs)
-
-        try:
-            run(go())
-        except RelayError as exc:
-            details = "; ".join(f"{d['field']}: {d['problem']}" for d in exc.details or ()
-                                if isinstance(d, dict))
-            fail(f"{exc.code}: {exc.message}" + (f" ({details})" if details else ""))
-
-    return wrapper
-
-
-def _embedded_url(settings: Settings) -> str:
-    sock = (settings.data_dir / "redis.sock").resolve()
-    if not Path(sock).exists():
-        fail("REDIS_URL is not set and no `relay serve` is running on ./relay-data/")
-    return f"unix://{sock}"
-
-
-from relay import cli_admin, cli_runs  # noqa: E402  (registers the admin commands on `main`)
-
-__all__ = ["admin_command", "cli_admin", "cli_runs", "main"]
