@@ -61,3 +61,13 @@ def test_redis_cluster_true_against_a_single_redis_fails_with_one_line(
     assert proc.returncode == 1
     (line,) = proc.stderr.strip().splitlines()
     assert "REDIS_CLUSTER=true" in line
+
+
+def test_preflight_passes_with_a_warning_when_redis_hides_config(prefix: str) -> None:
+    locked = RedisServer(extra=["--rename-command", "CONFIG", ""]).start()
+    try:
+        proc = preflight(relay_env(locked.url, prefix))
+        assert proc.returncode == 0, proc.stderr
+        assert "WARNING" in proc.stderr and "CONFIG" in proc.stderr
+    finally:
+        locked.stop()
