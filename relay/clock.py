@@ -1,4 +1,4 @@
-"""The only place relay reads the wall clock, so tests can move time."""
+"""The only place relay reads the wall clock, and the time formats it reads and writes."""
 
 from __future__ import annotations
 
@@ -7,36 +7,13 @@ import time
 from datetime import UTC, datetime
 
 
-class Clock:
-    """Wall-clock time; tests replace `clock.CLOCK` with a `FrozenClock`."""
-
-    def now(self) -> float:
-        return time.time()
-
-
-class FrozenClock(Clock):
-    """A clock that only moves when told to."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.value = start
-
-    def now(self) -> float:
-        return self.value
-
-    def advance(self, seconds: float) -> None:
-        self.value += seconds
-
-
-CLOCK: Clock = Clock()
-
-
 def now() -> float:
     """Unix seconds, as a float."""
-    return CLOCK.now()
+    return time.time()
 
 
 def now_ms() -> int:
-    return int(CLOCK.now() * 1000)
+    return int(time.time() * 1000)
 
 
 def iso(ts: float) -> str:

@@ -1,20 +1,17 @@
-"""The one exception tree; `http_status` maps it to HTTP in a single place (web.app).
+"""The one exception tree; each error carries its HTTP status and code for the one web handler.
 
     RelayError
     ├── PermanentError            the request or input is wrong; retrying will not help
     │   ├── InvalidJSON           400 invalid_json
-    │   ├── BadRequest            400 bad_request
     │   ├── Unauthorized          401 unauthorized (admin API)
     │   ├── InvalidSignature      401 invalid_signature
     │   ├── InvalidToken          401 invalid_token
     │   ├── Forbidden             403 forbidden (a dashboard form without its CSRF token)
     │   ├── NotFound              404 not_found
-    │   ├── Conflict              409 conflict
     │   ├── PayloadTooLarge       413 payload_too_large
     │   └── ValidationFailed      422 <code> with details
     └── RetryableError            try again later
-        ├── StorageUnavailable    503 unavailable (Redis down, hung or out of memory)
-        └── DeliveryFailed        an attempt failed; the delivery is rescheduled
+        └── StorageUnavailable    503 unavailable (Redis down, hung or out of memory)
 """
 
 from __future__ import annotations
@@ -48,10 +45,6 @@ class InvalidJSON(PermanentError):
     status, code = 400, "invalid_json"
 
 
-class BadRequest(PermanentError):
-    status, code = 400, "bad_request"
-
-
 class Unauthorized(PermanentError):
     status, code = 401, "unauthorized"
 
@@ -70,10 +63,6 @@ class Forbidden(PermanentError):
 
 class NotFound(PermanentError):
     status, code = 404, "not_found"
-
-
-class Conflict(PermanentError):
-    status, code = 409, "conflict"
 
 
 class PayloadTooLarge(PermanentError):
@@ -103,17 +92,3 @@ class StorageUnavailable(RetryableError):
         # is the same 503 whatever the cause, so the provider retries.
         self.reason = reason
 
-
-class DeliveryFailed(RetryableError):
-    """One delivery attempt did not get a 2xx; carries what the attempt log records."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.retry_after = retry_after

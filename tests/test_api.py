@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
 import pytest
+import redis
 
 from relay.config import Settings
-from tests.helpers import RedisServer, admin_headers, free_port, runflow_body, runflow_signature
+from tests.helpers import (
+    RedisClusterServer,
+    RedisServer,
+    admin_headers,
+    free_port,
+    runflow_body,
+    runflow_signature,
+)
 
 pytestmark = pytest.mark.both_redis
 
@@ -227,3 +236,62 @@ async def test_the_last_page_has_no_cursor(client: httpx.AsyncClient) -> None:
     assert len(second["data"]) == 1 and second["next_cursor"] is None
     both = (await client.get("/v1/subscriptions?limit=2", headers=H)).json()
     assert len(both["data"]) == 2 and both["next_cursor"] is None
+
+
+@pytest.mark.parametrize("url", ["http://[x/", "http://a\u0000b/", "http://a b/",
+                                 "http://example.com:99999/"])
+async def test_unparsable_subscription_urls_are_invalid_url(
+        client: httpx.AsyncClient, url: str) -> None:
+    r = await client.post("/v1/subscriptions", headers=H, json={"url": url})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_url"
+
+
+async def test_lone_surrogates_in_admin_bodies_are_400(client: httpx.AsyncClient) -> None:
+    body = rb'{"url":"http://127.0.0.1:9/","description":"\ud800"}'
+    r = await client.post("/v1/subscriptions", headers=H, content=body)
+    assert r.status_code == 400
+    assert (await client.get("/v1/subscriptions", headers=H)).status_code == 200
+
+
+@pytest.mark.parametrize("score", ["nan", "inf", "-inf"])
+async def test_doctored_list_cursors_are_ignored_not_500(
+        client: httpx.AsyncClient, score: str) -> None:
+    cursor = base64.urlsafe_b64encode(f"{score}:x".encode()).decode().rstrip("=")
+    for path in ("/v1/events", "/v1/subscriptions", "/v1/deliveries"):
+        r = await client.get(f"{path}?cursor={cursor}", headers=H)
+        assert r.status_code == 200, path
+
+
+async def test_redis_out_of_memory_gives_503_unavailable(
+        client: httpx.AsyncClient, redis_server: RedisServer | RedisClusterServer) -> None:
+    nodes = redis_server.nodes if isinstance(redis_server, RedisClusterServer) else [redis_server]
+    admins = [redis.Redis.from_url(node.url) for node in nodes]
+    for admin in admins:
+        admin.config_set("maxmemory", "1")
+    try:
+        body = b'{"run_id":"oom","event":"run.completed"}'
+        r = await client.post("/callbacks/runflow", content=body,
+                              headers={"runflow-signature": runflow_signature(body)})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+    finally:
+        for admin in admins:
+            admin.config_set("maxmemory", "0")
+
+
+async def test_an_events_deliveries_page_past_the_limit_with_a_cursor(
+        client: httpx.AsyncClient) -> None:
+    for i in range(3):
+        await client.post("/v1/subscriptions", headers=H, json={"url": f"http://127.0.0.1:9/{i}"})
+    body = b'{"run_id":"paged","event":"run.completed"}'
+    event_id = (await client.post("/callbacks/runflow", content=body, headers={
+        "runflow-signature": runflow_signature(body)})).json()["event_id"]
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        page = (await client.get(f"/v1/deliveries?event_id={event_id}&limit=2{cursor}",
+                                 headers=H)).json()
+        seen += [d["id"] for d in page["data"]]
+        if not page["next_cursor"]:
+            break
+        cursor = f"&cursor={page['next_cursor']}"
+    assert len(seen) == len(set(seen)) == 3

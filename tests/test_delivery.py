@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from relay.delivery import DeliveryWorker
 from relay.outbound import Outbound
@@ -84,7 +84,7 @@ async def test_delivery_is_signed_per_standard_webhooks_and_verifies_with_the_re
     assert verified["provider"] == "runflow" and verified["source"] == "callback"
     assert verified["metadata"] == {"job": 7}
     assert verified["provider_payload"]["run_id"] == "run-sig"
-    with pytest.raises(Exception):  # noqa: B017 - any verification failure will do
+    with pytest.raises(WebhookVerificationError):
         Webhook("whsec_" + "A" * 43 + "=").verify(got.body, got.headers)
 
 
@@ -436,3 +436,55 @@ async def test_a_fast_subscribers_backlog_beyond_its_slots_waits_in_memory_not_p
         assert (await store.depths())["scheduled_retries"] == 0
     finally:
         await outbound.aclose()
+
+
+async def make_delivery(client: httpx.AsyncClient, url: str, run_id: str) -> tuple[str, str]:
+    """A subscription and the one delivery a callback makes for it: (subscription, delivery)."""
+    sub = await subscribe(client, url)
+    (delivery,) = await deliveries_of(client, await callback(client, run_id))
+    return sub["id"], str(delivery["id"])
+
+
+async def test_a_delivery_retried_after_its_subscription_is_disabled_and_reenabled_is_sent_once(
+        client: httpx.AsyncClient, worker: DeliveryWorker, subscriber: Subscriber) -> None:
+    """The cancelled delivery's old queue entry must not be sent alongside the new one."""
+    sub_id, delivery_id = await make_delivery(client, subscriber.url, "dup-1")
+    headers = admin_headers()
+    await client.patch(f"/v1/subscriptions/{sub_id}", headers=headers, json={"enabled": False})
+    await client.patch(f"/v1/subscriptions/{sub_id}", headers=headers, json={"enabled": True})
+    await client.post(f"/v1/deliveries/{delivery_id}/retry", headers=headers)
+    await worker.run_once()
+    assert len(subscriber.received) == 1
+    shown = (await client.get(f"/v1/deliveries/{delivery_id}", headers=headers)).json()
+    assert shown["status"] == "succeeded" and len(shown["attempts"]) == 1
+
+
+async def test_reenabling_restarts_the_disable_after_clock(
+        client: httpx.AsyncClient, store: Store) -> None:
+    sub_id, _ = await make_delivery(client, "http://127.0.0.1:9/x", "reenable-1")
+    await store.redis.hset(store.keys.sub(sub_id), "fail_since", 1)
+    headers = admin_headers()
+    await client.patch(f"/v1/subscriptions/{sub_id}", headers=headers, json={"enabled": False})
+    await client.patch(f"/v1/subscriptions/{sub_id}", headers=headers, json={"enabled": True})
+    assert await store.redis.hget(store.keys.sub(sub_id), "fail_since") is None
+
+
+async def test_deleting_a_subscription_lets_its_delivery_index_expire(
+        client: httpx.AsyncClient, store: Store) -> None:
+    sub_id, _ = await make_delivery(client, "http://127.0.0.1:9/x", "delete-ttl")
+    await client.delete(f"/v1/subscriptions/{sub_id}", headers=admin_headers())
+    assert await store.redis.ttl(store.keys.sub_deliveries(sub_id)) > 0
+
+
+async def test_recover_finds_dead_deliveries_behind_many_successes(
+        client: httpx.AsyncClient, store: Store, relay: Relay) -> None:
+    """The scan cap can return an empty page with a cursor; recover must keep walking."""
+    sub_id, delivery_id = await make_delivery(client, "http://127.0.0.1:9/x", "recover-deep")
+    await store.redis.hset(store.keys.delivery(delivery_id), "st", "dead")
+    pipe = store.redis.pipeline(transaction=False)
+    for i in range(2100):  # newer successes in front of the dead one
+        pipe.zadd(store.keys.sub_deliveries(sub_id), {f"dlv_fake{i:05d}": 9_000_000_000_000 + i})
+        pipe.hset(store.keys.delivery(f"dlv_fake{i:05d}"), mapping={
+            "st": "succeeded", "ev": "evt_x", "sub": sub_id, "ts": 1, "up": 1})
+    await pipe.execute()
+    assert await relay.recover(sub_id, 0) == 1

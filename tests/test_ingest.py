@@ -84,3 +84,23 @@ async def test_events_api_lists_the_stored_event(client: httpx.AsyncClient) -> N
     event_id = r.json()["event_id"]
     listed = await client.get("/v1/events?run_id=run-5&provider=runflow", headers=admin_headers())
     assert [e["id"] for e in listed.json()["data"]] == [event_id]
+
+
+@pytest.mark.parametrize("body", [
+    rb'{"run_id":"\ud800","event":"run.completed"}',
+    rb'{"run_id":"r","event":"run.completed","metadata":{"x":"\udfff"}}',
+    b'{"run_id":"r","event":"run.completed","output":{"x":1e400}}',
+    b'{"run_id":"r","event":"run.completed","duration_ms":1e400}',
+])
+async def test_signed_bodies_with_lone_surrogates_or_overflowing_numbers_are_400_not_stored(
+        client: httpx.AsyncClient, body: bytes) -> None:
+    """Lone surrogates and overflowing numbers are refused, never stored or a 500."""
+    r = await post_runflow(client, body)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert (await client.get("/v1/events", headers=admin_headers())).json()["data"] == []
+
+
+async def test_a_duration_too_large_for_a_time_is_422_naming_duration_ms(
+        client: httpx.AsyncClient) -> None:
+    r = await post_runflow(client, b'{"run_id":"r","event":"run.completed","duration_ms":1e300}')
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "duration_ms"

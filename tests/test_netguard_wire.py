@@ -305,3 +305,15 @@ async def test_proxy_variables_in_the_worker_environment_are_ignored(
     finally:
         worker.stop()
         proxy.stop()
+
+
+async def test_ip_literal_targets_are_checked_at_every_attempt() -> None:
+    """aiohttp skips the resolver for IP literals; the guard must not be skipped with it."""
+    outbound = Outbound(allow_private=False)
+    try:
+        for url in ("http://127.0.0.1:9/", "http://10.0.0.5/", "http://[::1]/",
+                    "http://169.254.169.254/"):
+            answer = await outbound.post(url, b"{}", {}, 2)
+            assert answer.status is None and answer.error and "refused" in answer.error, url
+    finally:
+        await outbound.aclose()

@@ -104,3 +104,13 @@ def test_a_server_process_logs_one_start_line_without_secrets(
     assert start["redis"] == f"redis://127.0.0.1:{redis_server.port}"
     assert start["key_prefix"] == prefix and start["betterprompt_polled"] is True
     assert start["retry_schedule"] == [0.2, 0.4] and start["port"] == process.port
+
+
+def test_preflight_passes_with_a_warning_when_redis_hides_config(prefix: str) -> None:
+    locked = RedisServer(extra=["--rename-command", "CONFIG", ""]).start()
+    try:
+        proc = preflight(relay_env(locked.url, prefix))
+        assert proc.returncode == 0, proc.stderr
+        assert "WARNING" in proc.stderr and "CONFIG" in proc.stderr
+    finally:
+        locked.stop()
