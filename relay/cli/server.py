@@ -75,18 +75,21 @@ async def serve_http(settings: Settings, url: str, *, host: str, with_workers: b
 def serve(host: str) -> None:
     """Everything in one process: HTTP, poll scheduler and delivery workers."""
     settings = load_settings()
-    announce("serve", settings)
 
     async def go() -> None:
         if settings.redis_url is not None:
+            announce("serve", settings)
             await serve_http(settings, settings.redis_url.reveal(), host=host, with_workers=True)
             return
         from relay.embedded import embedded_redis
 
-        local = embedded_settings(settings)
-        log.info("embedded_store", data_dir=str(local.data_dir.resolve()),
-                 note="REDIS_URL is unset: relay runs its own Redis under the data directory")
-        async with embedded_redis(local.data_dir) as url:
+        # The data directory's lock comes first: a second serve there is refused in one line
+        # before it reads or writes anything of the first one's (keys, socket, log lines).
+        async with embedded_redis(settings.data_dir) as url:
+            local = embedded_settings(settings)
+            announce("serve", local)
+            log.info("embedded_store", data_dir=str(local.data_dir.resolve()),
+                     note="REDIS_URL is unset: relay runs its own Redis under the data directory")
             await serve_http(local, url, host=host, with_workers=True)
 
     run(go())
