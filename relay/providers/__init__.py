@@ -9,7 +9,6 @@ from relay.providers.base import (
     DedupeRule,
     Observation,
     PollProvider,
-    dedupe_key,
     dedupe_rule,
 )
 from relay.providers.betterprompt import BetterPrompt
@@ -17,7 +16,7 @@ from relay.providers.flora import Flora, FloraAPI
 from relay.providers.runflow import Runflow, RunflowAPI
 
 __all__ = ["CallbackContext", "CallbackProvider", "DedupeRule", "Observation", "PollProvider",
-           "Runflow", "callback_providers", "dedupe_key", "dedupe_rule", "poll_providers"]
+           "Runflow", "callback_providers", "dedupe_rule", "poll_providers"]
 
 
 def callback_providers(settings: Settings) -> dict[str, CallbackProvider]:

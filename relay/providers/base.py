@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relay.errors import InvalidJSON
-from relay.models import TERMINAL_EVENTS, TERMINAL_STATUSES, Event
+from relay.models import TERMINAL_BATCH_EVENTS, TERMINAL_EVENTS, TERMINAL_STATUSES, Event
 from relay.signing import CallbackClaims
 
 
@@ -23,11 +23,6 @@ class CallbackContext:
     claims: CallbackClaims | None = None
 
 
-def dedupe_key(event: Event) -> str:
-    """One terminal event per run whoever reports it; other types once per (subject, type)."""
-    return "terminal" if event.event in TERMINAL_EVENTS else event.event
-
-
 @dataclass(frozen=True)
 class DedupeRule:
     kind: str  # the dedupe key's kind: "terminal" or the event type
@@ -37,9 +32,12 @@ class DedupeRule:
 
 def dedupe_rule(event: Event) -> DedupeRule:
     """How an event is deduplicated: one terminal event per (provider, run), whoever sees it
-    first; `run.updated` and `run.expired` never after it; anything else once per type."""
+    first, and one per batch; `run.updated` and `run.expired` never after it; anything else
+    once per type."""
     if event.event in TERMINAL_EVENTS:
         return DedupeRule("terminal", "1", True)
+    if event.event in TERMINAL_BATCH_EVENTS:
+        return DedupeRule("terminal", "1", False)  # a batch is never a tracked run
     if event.event == "run.updated":
         return DedupeRule("terminal", "g", False)
     if event.event == "run.expired":

@@ -14,7 +14,7 @@ from relay.signing import verify_hex_hmac
 
 # Runflow's status uses US spelling, its event names UK spelling; accept both on input.
 _STATUS_ALIASES = {"cancelled": "canceled"}
-_EVENT_ALIASES = {"run.canceled": "run.cancelled"}
+_EVENT_ALIASES = {"run.canceled": "run.cancelled", "batch.canceled": "batch.cancelled"}
 
 
 def _fail(message: str, details: list[dict[str, str]]) -> ValidationFailed:
