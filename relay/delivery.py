@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import secrets
-import socket
 from collections import Counter, deque
 from typing import Any
 
@@ -15,6 +12,7 @@ import structlog
 
 from relay import backoff, clock, metrics
 from relay.errors import StorageUnavailable
+from relay.ids import consumer_name
 from relay.loops import keep_running, wait_event
 from relay.models import Subscription, SubscriptionStatus
 from relay.outbound import Answer, Outbound
@@ -38,10 +36,6 @@ PARK_MIN = 1.0
 PARK_MAX = 300.0
 # Longest a delivery read for a busy subscriber may wait in memory for one of its slots.
 HOLD_WAIT = 0.25
-
-
-def consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def classify(answer: Answer) -> str:

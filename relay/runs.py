@@ -138,6 +138,38 @@ def run_event(run: TrackedRun, obs: Observation, *, raw: bytes, observed_at: flo
     )
 
 
+def pending_callback(event: Event, raw: bytes, delivery_id: str | None) -> dict[str, Any]:
+    """What a tracked run keeps of a callback that reported its end before the run could be
+    read (FLORA's carry no outputs): enough to emit it on its own word (`callback_event`)."""
+    return {"d": delivery_id or "", "s": event.status, "e": event.error,
+            "c": event.completed_at, "raw": raw.decode()}
+
+
+def callback_event(run: TrackedRun, observed_at: float) -> Event:
+    """The terminal event of a run's pending callback on the callback's own word, without
+    outputs, under the event id its callback was answered with."""
+    pcb = run.pending_callback or {}
+    status = str(pcb.get("s") or "succeeded")
+    return Event(
+        id=run.pending_event or ids.event_id(), event=STATUS_TO_EVENT[status],
+        provider=run.provider, run_id=run.run_id, status=status, output=None,
+        error=pcb.get("e") if status == "failed" else None, duration_ms=None, created_at=None,
+        completed_at=pcb.get("c"), metadata=run.metadata, channels=list(run.channels),
+        source="callback", observed_at=clock.iso(observed_at),
+        provider_payload_raw=str(pcb.get("raw", "null")).encode(),
+    )
+
+
+def max_age_event(run: TrackedRun, *, observed_at: float) -> Event:
+    """What ends a run at RELAY_POLL_MAX_AGE: its pending callback if it has one, else
+    `run.expired`."""
+    if run.pending_event is not None:
+        return callback_event(run, observed_at)
+    return expired_event(run, observed_at=observed_at, error={
+        "code": "max_age", "message": "tracking gave up after RELAY_POLL_MAX_AGE",
+        "stage": "relay"})
+
+
 def expired_event(run: TrackedRun, *, observed_at: float, error: dict[str, Any]) -> Event:
     """`run.expired`: relay stopped tracking without seeing the run end."""
     return Event(

@@ -15,6 +15,7 @@ import pytest
 from relay.config import Settings
 from relay.outbound import ProviderClient
 from relay.poller import Poller
+from relay.providers import poll_providers
 from relay.service import Relay
 from relay.store import Store
 from relay.tracking import Tracking
@@ -84,8 +85,8 @@ class Rig:
         self.store = Store(settings, url)
         self.relay = Relay(settings, self.store)
         self.client = ProviderClient(max_bytes=settings.max_body_bytes)
-        self.tracking = Tracking(self.relay, self.client)
-        self.poller = Poller(self.relay, self.tracking.providers, self.client)
+        self.tracking = Tracking(self.relay)
+        self.poller = Poller(self.relay, poll_providers(settings), self.client)
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 

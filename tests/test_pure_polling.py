@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 from relay import backoff
 from relay.config import Settings
 from relay.errors import InvalidJSON, ValidationFailed
-from relay.poller import NOT_FOUND_LIMIT, PollResult, decide
+from relay.poller import NOT_FOUND_LIMIT, decide
 from relay.providers.base import Observation, number_time
 from relay.providers.betterprompt import BetterPrompt
 from relay.providers.flora import Flora, FloraAPI
+from relay.providers.reading import PollResult
 from relay.providers.runflow import RunflowAPI
 from relay.runs import TrackedRun
 from relay.signing import verify_flora_signature

@@ -87,6 +87,9 @@ class CallbackProvider(Protocol):
     """A provider that calls relay back: verify the request, then normalize its body."""
 
     name: str
+    # Its callbacks say that a run ended but not what it made (FLORA): ingest reads the run
+    # from the provider's API before the event goes out, and dedupes on the delivery id.
+    reads_run: bool
 
     @property
     def token_suffices(self) -> bool:
@@ -97,6 +100,10 @@ class CallbackProvider(Protocol):
 
     def normalize(self, body: bytes, context: CallbackContext) -> Event:
         """Turn a verified body into relay's event; raise InvalidJSON or ValidationFailed."""
+
+    def delivery_id(self, body: bytes) -> str | None:
+        """The provider's id of this delivery of a normalized body, which its redeliveries
+        repeat; None when it has none (the event's own dedupe key is enough)."""
 
 
 @dataclass(frozen=True)

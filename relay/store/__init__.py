@@ -14,6 +14,7 @@ from redis import exceptions as rexc
 from relay import clock
 from relay.config import Settings
 from relay.models import Subscription, SubscriptionStatus
+from relay.providers import names
 from relay.store import scripts
 from relay.store.batching import GroupCommit
 from relay.store.client import (
@@ -33,7 +34,7 @@ __all__ = ["Atomic", "Claim", "EventWrite", "Page", "QueueEntry", "Store", "open
 
 
 # Providers whose runs have their own event index, for `run_id` lookups without a provider.
-PROVIDERS = ("runflow", "betterprompt", "flora", "relay")
+PROVIDERS = (*names(), "relay")
 
 @dataclass(frozen=True)
 class EventWrite:

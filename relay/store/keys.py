@@ -51,9 +51,10 @@ class Keys:
         """string: the time (ms) of the provider's next free request slot, deployment-wide."""
         return f"{self.root}:rate:{provider}"
 
-    def flora_delivery(self, delivery_id: str) -> str:
-        """string: the event a FLORA callback delivery (`whd_...`) became; dedupes redeliveries."""
-        return f"{self.root}:dd:flora-delivery:{delivery_id}"
+    def callback_delivery(self, provider: str, delivery_id: str) -> str:
+        """string: the event a callback delivery (FLORA's `whd_...`) became; dedupes its
+        redeliveries."""
+        return f"{self.root}:dd:{provider}-delivery:{delivery_id}"
 
     def sub(self, sub_id: str) -> str:
         return f"{self.root}:sub:{sub_id}"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from relay import clock
+from relay.providers import poll_names
 from relay.store import scripts
 from relay.store.batching import GroupCommit
 from relay.store.client import POOL_WAIT, storage_op, writes_ahead_hang
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
 
 # One poll's record: the keys and arguments of its step in scripts.SETTLE_MANY.
 Settle = tuple[list[str], list[Any]]
-
-PROVIDER_NAMES = ("betterprompt", "flora", "runflow")
 
 
 @dataclass(frozen=True)
@@ -122,10 +121,11 @@ class RunsMixin:
     @storage_op
     async def active_runs(self) -> dict[str, int]:
         """Runs on each provider's schedule (active ones), for /metrics."""
+        names = poll_names()
         pipe = self.redis.pipeline(transaction=False)
-        for name in PROVIDER_NAMES:
+        for name in names:
             pipe.zcard(self.keys.poll_due(name))
-        return dict(zip(PROVIDER_NAMES, await pipe.execute(), strict=True))
+        return dict(zip(names, await pipe.execute(), strict=True))
 
     # ---- the scheduler ------------------------------------------------------------------
 
@@ -204,16 +204,16 @@ class RunsMixin:
         answers: list[Any] = await self._settle_many(keys=keys, args=[payload])
         return answers
 
-    # ---- FLORA callbacks ----------------------------------------------------------------
+    # ---- callbacks that read their run (FLORA) ------------------------------------------
 
     @storage_op
-    async def flora_delivery_event(self, delivery_id: str) -> str | None:
-        value = await self.redis.get(self.keys.flora_delivery(delivery_id))
+    async def delivery_event(self, provider: str, delivery_id: str) -> str | None:
+        value = await self.redis.get(self.keys.callback_delivery(provider, delivery_id))
         return str(value) if value else None
 
     @storage_op
-    async def remember_flora_delivery(self, delivery_id: str, event_id: str) -> None:
-        await self.redis.set(self.keys.flora_delivery(delivery_id), event_id,
+    async def remember_delivery(self, provider: str, delivery_id: str, event_id: str) -> None:
+        await self.redis.set(self.keys.callback_delivery(provider, delivery_id), event_id,
                              ex=self._retention)
 
     @storage_op

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from relay import metrics
 from relay.config import Settings
 from relay.errors import PayloadTooLarge, RelayError, StorageUnavailable, Unauthorized
+from relay.ingest import Ingest
 from relay.outbound import ProviderClient
 from relay.providers import CallbackProvider, callback_providers, poll_providers
 from relay.service import Relay
@@ -43,6 +44,7 @@ class AppState:
     providers: dict[str, CallbackProvider]
     signer: TokenSigner
     tracking: Tracking
+    ingest: Ingest
 
 
 def state_of(request: Request) -> AppState:
@@ -194,7 +196,7 @@ def create_app(
         client = ProviderClient(max_bytes=settings.max_body_bytes) if pollable else None
         state = AppState(settings, store, relay, callback_providers(settings),
                          TokenSigner(settings.secret_key.reveal() if settings.secret_key else ""),
-                         Tracking(relay, client, pollable))
+                         Tracking(relay, pollable), Ingest(relay, client, pollable))
         app.state.relay = state
         stop = asyncio.Event()
         tasks = [asyncio.create_task(job(relay, stop)) for job in background or []]
