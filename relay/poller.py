@@ -14,7 +14,7 @@ from relay import backoff, clock, metrics
 from relay.config import Settings
 from relay.errors import StorageUnavailable
 from relay.ids import consumer_name
-from relay.loops import keep_running, wait_event
+from relay.loops import finish, keep_running, shut_down, wait_event
 from relay.models import Event
 from relay.outbound import ProviderClient
 from relay.providers import PollProvider
@@ -157,22 +157,16 @@ class Poller:
     async def run(self, stop: asyncio.Event, *, grace: float = 18.0) -> None:
         loop = asyncio.create_task(self._guarded(), name="poller")
         log.info("poller_started", consumer=self.name, providers=sorted(self.providers))
-        await stop.wait()
-        ends = asyncio.get_running_loop().time() + grace  # from the signal, as the deliveries'
-        self._stopping = True
-        loop.cancel()
-        _, pending = await asyncio.wait([loop], timeout=1.0)
-        if pending:
-            await self.store.interrupt_reads()
-            await asyncio.wait(pending, timeout=2.0)
-        if self._tasks:
-            # Unfinished polls keep their lease and are taken over after RELAY_CLAIM_TIMEOUT.
-            _, left = await asyncio.wait(
-                set(self._tasks), timeout=max(ends - asyncio.get_running_loop().time(), 0.0))
-            for task in left:
-                task.cancel()
-            await asyncio.gather(*left, return_exceptions=True)
+        await shut_down(stop, [loop], grace=grace, on_stop=self._stop,
+                        interrupt=self.store.interrupt_reads, drain=self._drain)
         log.info("poller_stopped", consumer=self.name)
+
+    def _stop(self) -> None:
+        self._stopping = True
+
+    async def _drain(self, grace: float) -> None:
+        # Unfinished polls keep their lease and are taken over after RELAY_CLAIM_TIMEOUT.
+        await finish(self._tasks, grace)
 
     async def _guarded(self) -> None:
         await keep_running(self._loop, "poller", lambda: self._stopping)
