@@ -79,6 +79,9 @@ class Ingest:
             if read is not None:
                 event = read
                 accepted = await self.relay.accept(event)
+            elif name not in await self.store.live_pollers():
+                # No worker would ever finish it: the callback's word is all there will be.
+                accepted = await self.relay.accept(event)
             else:
                 accepted = await self._leave_for_poller(view, event, body, delivery)
         if delivery:

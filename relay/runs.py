@@ -77,15 +77,16 @@ class TrackedRun:
             out["m"] = json.dumps(self.metadata, separators=(",", ":"))
         return out
 
-    def view(self, events: list[str]) -> dict[str, Any]:
-        """The API's TrackedRun (CONTRACT 4.2)."""
-        active = self.state == "active"
+    def view(self, events: list[str], *, pollable: bool = True) -> dict[str, Any]:
+        """The API's TrackedRun (CONTRACT 4.2, 7.4); an active run that no live worker can
+        poll (`pollable` False) is `stalled`."""
+        active = self.state == "active" and pollable
         return {
             "provider": self.provider,
             "run_id": self.run_id,
             "technique_id": self.technique_id,
             "status": self.status,
-            "state": self.state,
+            "state": "stalled" if self.state == "active" and not pollable else self.state,
             "progress": self.progress,
             "tracked_since": clock.iso(self.since),
             "last_polled_at": clock.iso(self.last_polled) if self.last_polled else None,

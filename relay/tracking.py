@@ -6,10 +6,10 @@ from typing import Any
 
 import structlog
 
-from relay import clock
+from relay import clock, metrics
 from relay.config import Settings
 from relay.errors import NotFound, ValidationFailed
-from relay.providers import PollProvider, names, poll_providers, spec
+from relay.providers import PollProvider, names, spec
 from relay.runs import TrackedRun
 from relay.service import Relay
 
@@ -17,13 +17,14 @@ log = structlog.get_logger("relay.tracking")
 
 
 class Tracking:
-    """Start, show and stop tracking runs."""
+    """Start, show and stop tracking runs; whether a run can be polled is the workers' word
+    (their heartbeats), not this process's configuration."""
 
+    # `providers` is no longer read: the command line still passes it (to be dropped there).
     def __init__(self, relay: Relay, providers: dict[str, PollProvider] | None = None) -> None:
         self.relay = relay
         self.store = relay.store
         self.settings: Settings = relay.settings
-        self.providers = poll_providers(self.settings) if providers is None else providers
 
     # ---- the API ------------------------------------------------------------------------
 
@@ -31,7 +32,7 @@ class Tracking:
                     channels: list[str] | None = None, metadata: Any = None
                     ) -> tuple[dict[str, Any], bool]:
         """Start polling a run; (its view, True) when new, (the existing run, False) else."""
-        self.check_provider(provider, technique_id)
+        await self._check(provider, technique_id)
         now = clock.now()
         run = TrackedRun(provider=provider, run_id=run_id, since=now, technique_id=technique_id,
                          channels=channels or [], metadata=metadata,
@@ -42,15 +43,17 @@ class Tracking:
             log.info("run_tracked", provider=provider, run_id=run_id)
         return await self.show(provider, run_id), created
 
-    def check_provider(self, provider: str, technique_id: str | None) -> None:
+    async def _check(self, provider: str, technique_id: str | None) -> None:
         if provider not in names():
             raise ValidationFailed("validation_error", "unknown provider", details=[
                 {"field": "provider", "problem": f"must be one of {list(names())}"}])
-        if provider not in self.providers:
+        if provider not in await self.store.live_pollers():
+            # The caller's own environment proves nothing: the workers are the ones to poll.
             raise ValidationFailed(
                 "provider_not_configured",
-                f"{spec(provider).env}_API_KEY is not set, so relay cannot poll {provider}",
-                details=[{"field": "provider", "problem": "no API key is configured"}])
+                f"no live worker polls {provider}: set {spec(provider).env}_API_KEY where the "
+                f"workers run", details=[{"field": "provider",
+                                          "problem": "no live worker polls this provider"}])
         if spec(provider).needs_technique and not technique_id:
             raise ValidationFailed("validation_error", f"a {provider} run needs its technique id",
                                    details=[{"field": "technique_id",
@@ -60,20 +63,33 @@ class Tracking:
         h = await self.store.get_run(provider, run_id)
         if h is None:
             raise NotFound(f"{provider} run {run_id} is not tracked")
-        return TrackedRun.from_hash(h).view(await self.store.run_event_ids(provider, run_id))
+        run = TrackedRun.from_hash(h)
+        pollable = run.state != "active" or provider in await self.store.live_pollers()
+        return run.view(await self.store.run_event_ids(provider, run_id), pollable=pollable)
 
     async def list(self, *, provider: str | None, state: str | None, limit: int,
                    cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
         page = await self.store.list_runs(provider=provider, state=state, limit=limit,
                                           cursor=cursor)
         rows = await self.store.get_runs(page.ids)
+        live = await self.store.live_pollers()
         out = []
         for h in rows:
             if h is not None:
                 run = TrackedRun.from_hash(h)
-                out.append(run.view(await self.store.run_event_ids(run.provider, run.run_id)))
+                events = await self.store.run_event_ids(run.provider, run.run_id)
+                out.append(run.view(events, pollable=run.provider in live))
         return out, page.next_cursor
 
     async def untrack(self, provider: str, run_id: str) -> None:
         if not await self.store.untrack_run(provider, run_id):
             raise NotFound(f"{provider} run {run_id} is not tracked")
+
+    async def count(self) -> None:
+        """Set the gauges of /metrics that Redis knows: runs tracked and stalled by provider,
+        live workers."""
+        live = await self.store.live_pollers()
+        for provider, count in (await self.store.active_runs()).items():
+            metrics.TRACKED_RUNS.labels(provider).set(count)
+            metrics.STALLED_RUNS.labels(provider).set(0 if provider in live else count)
+        metrics.WORKERS.set(await self.store.live_workers())

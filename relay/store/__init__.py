@@ -29,6 +29,7 @@ from relay.store.paging import Page, page_index
 from relay.store.queue import Finish, QueueEntry, QueueMixin
 from relay.store.runs import Claim, RunsMixin
 from relay.store.scripts import Atomic
+from relay.store.workers import WorkersMixin
 
 __all__ = ["Atomic", "Claim", "EventWrite", "Page", "QueueEntry", "Store", "open_store"]
 
@@ -91,7 +92,7 @@ def _sub_from_hash(h: dict[str, str]) -> Subscription:
     )
 
 
-class Store(QueueMixin, RunsMixin):
+class Store(QueueMixin, RunsMixin, WorkersMixin):
     """Redis-backed storage for one key prefix."""
 
     # Longest a queue read blocks; an idle worker sends one read per this many seconds.

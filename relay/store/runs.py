@@ -56,6 +56,7 @@ class RunsMixin:
         self._settles: GroupCommit[Settle, Any] = GroupCommit(
             self._send_settles, max_wait=POOL_WAIT, overdue=writes_ahead_hang, max_batch=256)
         self._pending = r.register_script(scripts.CALLBACK_PENDING)
+        self._lease = r.register_script(scripts.LEASE_RUN)
 
     def _accept_parts(self, w: EventWrite) -> tuple[list[str], list[Any]]:
         raise NotImplementedError  # Store's
@@ -203,6 +204,47 @@ class RunsMixin:
         payload = json.dumps([[len(k), a] for k, a in items], separators=(",", ":"))
         answers: list[Any] = await self._settle_many(keys=keys, args=[payload])
         return answers
+
+    # ---- the sweep of runs past RELAY_POLL_MAX_AGE -------------------------------------
+
+    @storage_op
+    async def runs_to_sweep(self, until_ms: int, limit: int
+                            ) -> tuple[list[tuple[str, str]], str, bool]:
+        """The active runs tracked before `until_ms` that the sweep has not read yet, oldest
+        first: ((provider, run id) each, the sweep's position after them, whether more may
+        follow)."""
+        k = self.keys
+        start = await self.redis.get(k.sweep) or "-inf"
+        rows = await self.redis.zrangebyscore(k.runs, start, until_ms, start=0, num=limit,
+                                              withscores=True)
+        if not rows:
+            return [], start, False
+        more = len(rows) == limit
+        last = rows[-1][1]
+        if more:
+            # Runs tracked in the same millisecond go together, so the position can pass them.
+            rows = [r for r in rows if r[1] < last] + await self.redis.zrangebyscore(
+                k.runs, last, last, withscores=True)
+        runs = [split_member(member) for member, _ in rows]
+        pipe = self.redis.pipeline(transaction=False)
+        for provider, run_id in runs:
+            pipe.hget(k.run(provider, run_id), "st")
+        states = await pipe.execute()
+        active = [run for run, st in zip(runs, states, strict=True) if st == "active"]
+        return active, f"({int(last)}", more
+
+    @storage_op
+    async def swept_to(self, position: str) -> None:
+        await self.redis.set(self.keys.sweep, position)
+
+    @storage_op
+    async def lease_run(self, provider: str, run_id: str, *, token: str, lease_ms: int
+                        ) -> dict[str, str] | None:
+        """Lease one active run to `token` outside the schedule: its fields, or None when it
+        is gone or finished (scripts.LEASE_RUN)."""
+        flat = await self._lease(keys=[self.keys.run(provider, run_id), self.keys.poll_due(
+            provider)], args=[token, run_member(provider, run_id), clock.now_ms() + lease_ms])
+        return _pairs(flat) if flat else None
 
     # ---- callbacks that read their run (FLORA) ------------------------------------------
 
