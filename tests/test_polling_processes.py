@@ -9,10 +9,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.fakes import FakeProvider, Step, bp
 from tests.helpers import (
+    API_KEY,
     RedisClusterServer,
     RedisServer,
     RelayProcess,
@@ -219,3 +221,22 @@ def test_a_run_whose_only_poller_died_is_expired_at_max_age_by_a_worker_that_can
         if survivor is not None:
             survivor.stop()
         subscriber.stop()
+
+
+def test_relay_serve_heartbeats_so_runs_it_can_poll_are_tracked_and_polled(
+        redis_server: RedisServer, prefix: str, fake: FakeProvider) -> None:
+    fake.script("served", bp("running", run_id="served"),
+                bp("succeeded", [{"type": "text", "data": "by serve"}], run_id="served"))
+    serve = RelayProcess("serve", worker_env(redis_server, prefix, fake)).start()
+    try:
+        h = {"authorization": f"Bearer {API_KEY}"}
+        made = httpx.post(f"{serve.base_url}/v1/runs", headers=h, timeout=5,
+                          json={"provider": "betterprompt", "run_id": "served"})
+        assert made.status_code == 201, made.text
+        refused = httpx.post(f"{serve.base_url}/v1/runs", headers=h, timeout=5, json={
+            "provider": "flora", "run_id": "f", "technique_id": "t"})
+        assert refused.json()["error"]["code"] == "provider_not_configured"
+        wait_until(lambda: httpx.get(f"{serve.base_url}/v1/runs/betterprompt/served", headers=h,
+                                     timeout=5).json()["state"] == "finished", 15)
+    finally:
+        serve.stop()
