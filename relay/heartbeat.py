@@ -1,6 +1,4 @@
-"""Worker heartbeats: each worker says which providers it polls, so that a run nobody can poll
-is refused or shown stalled; and the sweep that ends every run at RELAY_POLL_MAX_AGE, polled
-or not."""
+"""Worker heartbeats (who polls which provider) and the sweep that ends every run at max age."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Ingest: a verified callback becomes a stored event; one that lacks the run's outputs (FLORA)
-reads the run first, or leaves the callback on the run for the poller to finish."""
+"""Ingest: a verified callback becomes a stored event; one without outputs reads its run first."""
 
 from __future__ import annotations
 

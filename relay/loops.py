@@ -1,5 +1,4 @@
-"""Worker loops: restarted through Redis outages with a capped back-off, and stopped in one
-shutdown sequence."""
+"""Worker loops: kept running through Redis outages, and stopped in one shutdown sequence."""
 
 from __future__ import annotations
 

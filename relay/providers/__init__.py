@@ -1,9 +1,4 @@
-"""The provider registry: each provider's spec in `relay.catalog` with the adapters that serve it.
-
-Adding a provider: its adapters in a module here, its spec in the catalog, its entry in
-ADAPTERS. The API, the OpenAPI document, the CLI, the store and the scheduler read the rest
-from these functions.
-"""
+"""The provider registry: each provider's spec (`relay.catalog`) paired with its adapters."""
 
 from __future__ import annotations
 
@@ -37,6 +32,9 @@ class Adapters:
     poll: Callable[[str, str], PollProvider] | None = None  # given its API key and base URL
 
 
+# Adding a provider: its adapters in a module here, its spec in the catalog, its entry below.
+# The API, the OpenAPI document, the CLI, the store and the scheduler read the rest from the
+# functions that follow.
 ADAPTERS: dict[str, Adapters] = {
     "betterprompt": Adapters(poll=BetterPrompt),
     "flora": Adapters(callback=Flora, poll=FloraAPI),

@@ -1,5 +1,4 @@
-"""Reading a run from a provider's API: one GET, its answer classified, and the spacing of
-requests that keeps every process together within the provider's rate limit."""
+"""Reading a run from a provider's API: one GET, classified, spaced within the rate limit."""
 
 from __future__ import annotations
 
