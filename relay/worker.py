@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ import structlog
 
 from relay.config import Settings
 from relay.delivery import DeliveryWorker
+from relay.errors import StorageUnavailable
 from relay.heartbeat import Heartbeat
 from relay.ids import consumer_name
 from relay.outbound import Outbound, ProviderClient
@@ -62,8 +64,10 @@ async def run_worker(settings: Settings, url: str, *, once: bool = False) -> Non
                 return
             stop = asyncio.Event()
             on_signals(stop.set)
-            # Live before it says it has started, so that a run tracked then is accepted.
-            await heartbeat.beat()
+            # Live before it says it has started, so that a run tracked then is accepted; with
+            # Redis down, the heartbeat's loop keeps trying like every other loop.
+            with contextlib.suppress(StorageUnavailable):
+                await heartbeat.beat()
             jobs = [delivery.run(stop, grace=SHUTDOWN_GRACE), heartbeat.run(stop)]
             if poller is not None:
                 jobs.append(poller.run(stop, grace=SHUTDOWN_GRACE))
