@@ -123,6 +123,14 @@ class ChaosStack:
         for n in range(self.cfg.subscribers):
             self._start_subscriber(f"sub-{n + 1}")
         self.workers = [self._start_worker() for _ in range(2)]
+        # Runs are accepted once a live worker polls BetterPrompt: wait for both heartbeats.
+        wait_until(self._workers_live, 30, "relay workers")
+
+    def _workers_live(self) -> bool:
+        try:
+            return "relay_workers 2.0" in httpx.get(f"{self.bases[0]}/metrics", timeout=0.5).text
+        except httpx.HTTPError:
+            return False
 
     def _start_redis(self) -> None:
         started = time.monotonic()

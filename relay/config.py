@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from relay.catalog import SPECS
+
 
 class ConfigError(Exception):
     """A variable is missing or malformed; the message names it and says why."""
@@ -56,13 +58,18 @@ def _redis_location(url: str) -> str:
     return f"{parts.scheme}://{host}:{parts.port or 6379}"
 
 
+def _local_url(port: int) -> str:
+    return f"http://localhost:{port}"
+
+
 @dataclass(frozen=True)
-class ProviderAPI:
-    """Credentials and limits for one polled provider API."""
+class ProviderSettings:
+    """One provider's variables, named by its spec in `relay.catalog`."""
 
     api_key: Secret | None
     base_url: str
-    rate_limit: float = 5.0
+    rate_limit: float | None  # requests/second, deployment-wide; None: no documented limit
+    callback_secrets: tuple[Secret, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ class Settings:
     key_prefix: str = "relay"
     secret_key: Secret | None = None
     api_keys: tuple[Secret, ...] = ()
-    public_url: str = "http://localhost:8000"
+    public_url: str = _local_url(port)
     max_body_bytes: int = 1_048_576
     retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     retry_jitter: float = 0.2
@@ -89,25 +96,15 @@ class Settings:
     poll_max_interval: float = 30.0
     poll_max_age: float = 86_400.0
     event_retention: float = 604_800.0
-    log_format: str = "json"
+    log_format: str = "json"  # from_env: console on a TTY unless RELAY_LOG_FORMAT says
     log_level: str = "info"
-    runflow_callback_secrets: tuple[Secret, ...] = ()
-    runflow: ProviderAPI = field(
-        default_factory=lambda: ProviderAPI(None, "https://api.runflow.io")
-    )
-    betterprompt: ProviderAPI = field(
-        default_factory=lambda: ProviderAPI(None, "https://api.betterprompt.me")
-    )
-    flora: ProviderAPI = field(
-        default_factory=lambda: ProviderAPI(None, "https://app.flora.ai/api/v1")
-    )
-    flora_webhook_secrets: tuple[Secret, ...] = ()
+    # Every provider of the catalog, by name.
+    providers: dict[str, ProviderSettings] = field(
+        default_factory=lambda: _Env({}).providers())
     data_dir: Path = Path("relay-data")
 
-    @property
-    def embedded(self) -> bool:
-        """True when no REDIS_URL is set and relay runs its own Redis child process."""
-        return self.redis_url is None
+    def provider(self, name: str) -> ProviderSettings:
+        return self.providers[name]
 
     @property
     def max_attempts(self) -> int:
@@ -127,10 +124,11 @@ class Settings:
             if "Secret" in str(f.type):
                 continue
             value = getattr(self, f.name)
-            if isinstance(value, ProviderAPI):
-                out[f"{f.name}_base_url"] = value.base_url
-                out[f"{f.name}_rate_limit"] = value.rate_limit
-                out[f"{f.name}_polled"] = value.api_key is not None
+            if f.name == "providers":
+                for name, api in value.items():
+                    out[f"{name}_base_url"] = api.base_url
+                    out[f"{name}_rate_limit"] = api.rate_limit
+                    out[f"{name}_polled"] = api.api_key is not None
             else:
                 out[f.name] = list(value) if isinstance(value, tuple) else \
                     str(value) if isinstance(value, Path) else value
@@ -141,15 +139,16 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read and validate the environment; raise ConfigError naming the first bad variable."""
+        """Read and validate the environment; raise ConfigError naming the first bad variable.
+        A variable that is not set takes its field's default above."""
         env = _Env(os.environ if environ is None else environ)
-        port = env.integer("PORT", 8000, low=1, high=65535)
+        port = env.integer("PORT", cls.port, low=1, high=65535)
         redis_url = env.text("REDIS_URL")
         if redis_url is not None:
             scheme = urlsplit(redis_url).scheme
             if scheme not in ("redis", "rediss", "unix"):
                 raise ConfigError("REDIS_URL", "must start with redis://, rediss:// or unix://")
-        redis_cluster = env.boolean("REDIS_CLUSTER", False)
+        redis_cluster = env.boolean("REDIS_CLUSTER", cls.redis_cluster)
         if redis_cluster and (redis_url is None or urlsplit(redis_url).scheme == "unix"):
             raise ConfigError("REDIS_CLUSTER", "needs a redis:// or rediss:// REDIS_URL")
         secret_key = env.text("RELAY_SECRET_KEY")
@@ -161,57 +160,57 @@ class Settings:
                 raise ConfigError("RELAY_API_KEYS", "is required when REDIS_URL is set")
         if secret_key is not None and len(secret_key) < 16:
             raise ConfigError("RELAY_SECRET_KEY", "must be at least 16 characters")
-        prefix = env.text("RELAY_KEY_PREFIX") or "relay"
+        prefix = env.text("RELAY_KEY_PREFIX") or cls.key_prefix
         if any(c in prefix for c in "{}: \t"):
             raise ConfigError("RELAY_KEY_PREFIX", "must not contain braces, colons or spaces")
         schedule = env.schedule("RELAY_RETRY_SCHEDULE", cls.retry_schedule)
-        jitter = env.number("RELAY_RETRY_JITTER", 0.2, low=0.0, high=1.0)
-        poll_min = env.duration("RELAY_POLL_MIN_INTERVAL", 2.0)
-        poll_max = env.duration("RELAY_POLL_MAX_INTERVAL", 30.0)
+        jitter = env.number("RELAY_RETRY_JITTER", cls.retry_jitter, low=0.0, high=1.0)
+        poll_min = env.duration("RELAY_POLL_MIN_INTERVAL", cls.poll_min_interval)
+        poll_max = env.duration("RELAY_POLL_MAX_INTERVAL", cls.poll_max_interval)
         if poll_max < poll_min:
             raise ConfigError(
                 "RELAY_POLL_MAX_INTERVAL", "must not be smaller than RELAY_POLL_MIN_INTERVAL"
             )
         log_format = (env.text("RELAY_LOG_FORMAT") or "").lower() or (
-            "console" if sys.stderr.isatty() else "json"
+            "console" if sys.stderr.isatty() else cls.log_format
         )
         if log_format not in ("json", "console"):
             raise ConfigError("RELAY_LOG_FORMAT", "must be json or console")
-        log_level = (env.text("RELAY_LOG_LEVEL") or "info").lower()
+        log_level = (env.text("RELAY_LOG_LEVEL") or cls.log_level).lower()
         if log_level not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError("RELAY_LOG_LEVEL", "must be debug, info, warning, error or critical")
-        public_url = (env.text("RELAY_PUBLIC_URL") or f"http://localhost:{port}").rstrip("/")
+        public_url = (env.text("RELAY_PUBLIC_URL") or _local_url(port)).rstrip("/")
         if urlsplit(public_url).scheme not in ("http", "https"):
             raise ConfigError("RELAY_PUBLIC_URL", "must be an http:// or https:// URL")
         return cls(
             port=port,
             redis_url=Secret(redis_url) if redis_url is not None else None,
-            redis_max_connections=env.integer("REDIS_MAX_CONNECTIONS", 20, low=2, high=100_000),
+            redis_max_connections=env.integer("REDIS_MAX_CONNECTIONS", cls.redis_max_connections,
+                                              low=2, high=100_000),
             redis_cluster=redis_cluster,
             key_prefix=prefix,
             secret_key=Secret(secret_key) if secret_key else None,
             api_keys=api_keys,
             public_url=public_url,
-            max_body_bytes=env.integer("RELAY_MAX_BODY_BYTES", 1_048_576, low=1, high=1 << 30),
+            max_body_bytes=env.integer("RELAY_MAX_BODY_BYTES", cls.max_body_bytes, low=1,
+                                       high=1 << 30),
             retry_schedule=schedule,
             retry_jitter=jitter,
-            delivery_timeout=env.duration("RELAY_DELIVERY_TIMEOUT", 15.0),
-            claim_timeout=env.duration("RELAY_CLAIM_TIMEOUT", 60.0),
-            disable_after=env.duration("RELAY_DISABLE_AFTER", 432_000.0),
-            rotation_grace=env.duration("RELAY_ROTATION_GRACE", 86_400.0, allow_zero=True),
-            allow_private_targets=env.boolean("RELAY_ALLOW_PRIVATE_TARGETS", False),
+            delivery_timeout=env.duration("RELAY_DELIVERY_TIMEOUT", cls.delivery_timeout),
+            claim_timeout=env.duration("RELAY_CLAIM_TIMEOUT", cls.claim_timeout),
+            disable_after=env.duration("RELAY_DISABLE_AFTER", cls.disable_after),
+            rotation_grace=env.duration("RELAY_ROTATION_GRACE", cls.rotation_grace,
+                                        allow_zero=True),
+            allow_private_targets=env.boolean("RELAY_ALLOW_PRIVATE_TARGETS",
+                                              cls.allow_private_targets),
             poll_min_interval=poll_min,
             poll_max_interval=poll_max,
-            poll_max_age=env.duration("RELAY_POLL_MAX_AGE", 86_400.0),
-            event_retention=env.duration("RELAY_EVENT_RETENTION", 604_800.0),
+            poll_max_age=env.duration("RELAY_POLL_MAX_AGE", cls.poll_max_age),
+            event_retention=env.duration("RELAY_EVENT_RETENTION", cls.event_retention),
             log_format=log_format,
             log_level=log_level,
-            runflow_callback_secrets=env.secrets("RUNFLOW_CALLBACK_SECRETS"),
-            runflow=env.provider("RUNFLOW", "https://api.runflow.io", with_rate=False),
-            betterprompt=env.provider("BETTERPROMPT", "https://api.betterprompt.me"),
-            flora=env.provider("FLORA", "https://app.flora.ai/api/v1"),
-            flora_webhook_secrets=env.secrets("FLORA_WEBHOOK_SECRETS"),
-            data_dir=Path(env.text("RELAY_DATA_DIR") or "relay-data"),
+            providers=env.providers(),
+            data_dir=Path(env.text("RELAY_DATA_DIR") or cls.data_dir),
         )
 
 
@@ -291,14 +290,16 @@ class _Env:
             out.append(value)
         return tuple(out)
 
-    def provider(self, prefix: str, default_base: str, *, with_rate: bool = True) -> ProviderAPI:
-        key = self.text(f"{prefix}_API_KEY")
-        base = (self.text(f"{prefix}_BASE_URL") or default_base).rstrip("/")
-        if urlsplit(base).scheme not in ("http", "https"):
-            raise ConfigError(f"{prefix}_BASE_URL", "must be an http:// or https:// URL")
-        rate = (
-            self.number(f"{prefix}_RATE_LIMIT", 5.0, low=0.001, high=1_000_000.0)
-            if with_rate
-            else 5.0
-        )
-        return ProviderAPI(Secret(key) if key else None, base, rate)
+    def providers(self) -> dict[str, ProviderSettings]:
+        """Every provider's variables, as its spec in the catalog names them."""
+        out: dict[str, ProviderSettings] = {}
+        for spec in SPECS.values():
+            key = self.text(f"{spec.env}_API_KEY")
+            base = (self.text(f"{spec.env}_BASE_URL") or spec.base_url).rstrip("/")
+            if urlsplit(base).scheme not in ("http", "https"):
+                raise ConfigError(f"{spec.env}_BASE_URL", "must be an http:// or https:// URL")
+            rate = None if spec.rate_limit is None else self.number(
+                f"{spec.env}_RATE_LIMIT", spec.rate_limit, low=0.001, high=1_000_000.0)
+            secrets = self.secrets(spec.callback_secrets) if spec.callback_secrets else ()
+            out[spec.name] = ProviderSettings(Secret(key) if key else None, base, rate, secrets)
+        return out

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import secrets
-import socket
 from collections import Counter, deque
 from typing import Any
 
@@ -15,7 +12,8 @@ import structlog
 
 from relay import backoff, clock, metrics
 from relay.errors import StorageUnavailable
-from relay.loops import keep_running, wait_event
+from relay.ids import consumer_name
+from relay.loops import finish, keep_running, shut_down, wait_event
 from relay.models import DeliveryStatus, Subscription, SubscriptionStatus
 from relay.outbound import Answer, Outbound
 from relay.service import Relay
@@ -38,10 +36,6 @@ PARK_MIN = 1.0
 PARK_MAX = 300.0
 # Longest a delivery read for a busy subscriber may wait in memory for one of its slots.
 HOLD_WAIT = 0.25
-
-
-def consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def classify(answer: Answer) -> Outcome | None:
@@ -113,20 +107,8 @@ class DeliveryWorker:
                         delivery_timeout=self.settings.delivery_timeout,
                         consequence="a slow attempt may be taken over and sent twice; keep "
                                     "RELAY_CLAIM_TIMEOUT above RELAY_DELIVERY_TIMEOUT")
-        await stop.wait()
-        # The grace counts from the signal, not from when the loops have ended: the process must
-        # be gone within SHUTDOWN_GRACE plus a little, before the platform's SIGKILL.
-        ends = asyncio.get_running_loop().time() + grace
-        self._stopping = True
-        for task in loops:
-            task.cancel()
-        _, pending = await asyncio.wait(loops, timeout=1.0)
-        if pending:
-            # redis-py can swallow a cancellation that lands while a blocking read connects;
-            # closing the connection under it ends the read for certain.
-            await self.store.interrupt_reads()
-            await asyncio.wait(pending, timeout=2.0)
-        await self.drain(max(ends - asyncio.get_running_loop().time(), 0.0))
+        await shut_down(stop, loops, grace=grace, on_stop=self._stop,
+                        interrupt=self.store.interrupt_reads, drain=self.drain)
         log.info("worker_stopped", consumer=self.name)
 
     async def drain(self, grace: float) -> None:
@@ -136,12 +118,10 @@ class DeliveryWorker:
         if held:
             with contextlib.suppress(Exception):
                 await self.store.defer(held)
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await finish(self._tasks, grace)
+
+    def _stop(self) -> None:
+        self._stopping = True
 
     async def _guarded(self, loop: Any) -> None:
         """Keep a loop alive through Redis outages: back off and try again, until stopping."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import os
 import secrets
+import socket
 
 from ulid import ULID
 
@@ -34,3 +36,8 @@ def webhook_secret() -> str:
 
 def api_key() -> str:
     return "rk_" + secrets.token_urlsafe(32)
+
+
+def consumer_name() -> str:
+    """A worker process's name in Redis (stream consumer, lease holder, heartbeat)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"

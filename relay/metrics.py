@@ -54,6 +54,12 @@ TRACKED_RUNS = Gauge(
     "relay_tracked_runs", "Runs on the poll schedule (active), read from Redis at scrape time",
     ["provider"], registry=REGISTRY,
 )
+STALLED_RUNS = Gauge(
+    "relay_stalled_runs", "Active runs that no live worker can poll, read at scrape time",
+    ["provider"], registry=REGISTRY,
+)
+WORKERS = Gauge("relay_workers", "Live worker processes (by heartbeat), read at scrape time",
+                registry=REGISTRY)
 
 
 @lru_cache(maxsize=1024)

@@ -18,6 +18,10 @@ TERMINAL_EVENTS = {
 }
 STATUS_TO_EVENT = {status: event for event, status in TERMINAL_EVENTS.items()}
 TERMINAL_STATUSES = frozenset(STATUS_TO_EVENT)
+# Runflow's batch events are `batch.` and the batch's status (cancelled spelt as in
+# run.cancelled); a batch ends with one of these.
+TERMINAL_BATCH_EVENTS = frozenset({"batch.succeeded", "batch.failed", "batch.cancelled",
+                                   "batch.partial_succeeded"})
 
 
 class DeliveryStatus(StrEnum):

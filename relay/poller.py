@@ -12,15 +12,14 @@ import structlog
 
 from relay import backoff, clock, metrics
 from relay.config import Settings
-from relay.delivery import consumer_name
-from relay.errors import InvalidJSON, StorageUnavailable
-from relay.loops import keep_running, wait_event
+from relay.errors import StorageUnavailable
+from relay.ids import consumer_name
+from relay.loops import finish, keep_running, shut_down, wait_event
 from relay.models import Event
 from relay.outbound import ProviderClient
-from relay.providers import CallbackContext, Observation, PollProvider
-from relay.providers.base import parse_json
-from relay.providers.flora import FloraCallback, event_from_callback
-from relay.runs import TrackedRun, expired_event, run_event
+from relay.providers import PollProvider
+from relay.providers.reading import PollResult, read_run, spacing_ms
+from relay.runs import TrackedRun, callback_event, expired_event, max_age_event, run_event
 from relay.service import Relay
 from relay.store import Reply
 
@@ -32,59 +31,10 @@ IDLE_SLEEP = 60.0
 CLAIM_BATCH = 200
 # Between two claims that did not fill a batch; bounds claim round trips at high load.
 CLAIM_TICK = 0.02
-# Slots are spaced this much wider than 1/rate, so that network jitter can never make the
-# provider count more than its limit in any one-second window.
-RATE_MARGIN = 1.02
 # After this many 404s in a row a run ends with run.expired (the provider does not know it).
 NOT_FOUND_LIMIT = 3
 # Polls that may fail to confirm a FLORA callback before it is emitted on its own word.
 CALLBACK_CONFIRM_POLLS = 5
-
-
-@dataclass(frozen=True)
-class PollResult:
-    """One provider read, classified."""
-
-    kind: str  # ok, not_found, auth, rate_limited, retry, client_error
-    observation: Observation | None = None
-    raw: bytes = b""
-    status_code: int | None = None
-    error: str | None = None
-    retry_after: float | None = None
-
-
-async def read_run(client: ProviderClient, adapter: PollProvider, run_id: str,
-                   technique_id: str | None, deadline: float) -> PollResult:
-    """GET the run and classify the answer; never raises for anything the provider does."""
-    try:
-        url = adapter.run_url(run_id, technique_id)
-    except ValueError as exc:
-        return PollResult("client_error", error=str(exc))
-    got = await client.get(url, adapter.headers(), deadline)
-    code = got.status
-    if code is None or got.error is not None:
-        return PollResult("retry", status_code=code, error=got.error)
-    if 200 <= code < 300:
-        try:
-            doc = parse_json(got.body)
-            obs = adapter.observe(doc, outputs_seen=clock.now())
-        except (InvalidJSON, ValueError) as exc:
-            text = exc.message if isinstance(exc, InvalidJSON) else str(exc)
-            return PollResult("retry", status_code=code, error=f"unreadable answer: {text}")
-        return PollResult("ok", obs, got.body, code)
-    if code in (404, 410):
-        return PollResult("not_found", status_code=code, error=f"HTTP {code}")
-    if code in (401, 403):
-        return PollResult("auth", status_code=code, error=f"HTTP {code}: the provider refused "
-                          f"the API key")
-    if code == 429:
-        hint = None
-        if adapter.honours_retry_after:
-            hint = backoff.parse_retry_after(got.retry_after, clock.now())
-        return PollResult("rate_limited", status_code=code, error="HTTP 429", retry_after=hint)
-    if code >= 500 or code == 408:
-        return PollResult("retry", status_code=code, error=f"HTTP {code}")
-    return PollResult("client_error", status_code=code, error=f"HTTP {code}")
 
 
 @dataclass
@@ -101,18 +51,6 @@ class Decision:
 def _error(code: str, message: str, status: int | None = None) -> str:
     return json.dumps({"code": code, "message": message, "status_code": status},
                       separators=(",", ":"))
-
-
-def callback_event(run: TrackedRun, observed_at: float) -> Event:
-    """The terminal event on a FLORA callback's own word (no outputs), under the id answered."""
-    pcb = run.pending_callback or {}
-    cb = FloraCallback(delivery_id=pcb.get("d", ""), run_id=run.run_id,
-                       status=pcb.get("s", "succeeded"), error=pcb.get("e"),
-                       created_at=pcb.get("c"))
-    ctx = CallbackContext(observed_at=observed_at, channels=tuple(run.channels),
-                          metadata=run.metadata)
-    return event_from_callback(cb, str(pcb.get("raw", "null")).encode(), ctx,
-                               event_id=run.pending_event)
 
 
 def decide(run: TrackedRun, result: PollResult, *, now: float, settings: Settings,
@@ -220,22 +158,16 @@ class Poller:
     async def run(self, stop: asyncio.Event, *, grace: float = 18.0) -> None:
         loop = asyncio.create_task(self._guarded(), name="poller")
         log.info("poller_started", consumer=self.name, providers=sorted(self.providers))
-        await stop.wait()
-        ends = asyncio.get_running_loop().time() + grace  # from the signal, as the deliveries'
-        self._stopping = True
-        loop.cancel()
-        _, pending = await asyncio.wait([loop], timeout=1.0)
-        if pending:
-            await self.store.interrupt_reads()
-            await asyncio.wait(pending, timeout=2.0)
-        if self._tasks:
-            # Unfinished polls keep their lease and are taken over after RELAY_CLAIM_TIMEOUT.
-            _, left = await asyncio.wait(
-                set(self._tasks), timeout=max(ends - asyncio.get_running_loop().time(), 0.0))
-            for task in left:
-                task.cancel()
-            await asyncio.gather(*left, return_exceptions=True)
+        await shut_down(stop, [loop], grace=grace, on_stop=self._stop,
+                        interrupt=self.store.interrupt_reads, drain=self._drain)
         log.info("poller_stopped", consumer=self.name)
+
+    def _stop(self) -> None:
+        self._stopping = True
+
+    async def _drain(self, grace: float) -> None:
+        # Unfinished polls keep their lease and are taken over after RELAY_CLAIM_TIMEOUT.
+        await finish(self._tasks, grace)
 
     async def _guarded(self) -> None:
         await keep_running(self._loop, "poller", lambda: self._stopping)
@@ -345,13 +277,8 @@ class Poller:
 
     async def _expire(self, run: TrackedRun) -> None:
         now = clock.now()
-        if run.pending_event is not None:
-            event = callback_event(run, now)
-        else:
-            event = expired_event(run, observed_at=now, error={
-                "code": "max_age", "message": "tracking gave up after RELAY_POLL_MAX_AGE",
-                "stage": "relay"})
-        await self._settle(run, Decision({"lp": str(int(now * 1000))}, event))
+        await self._settle(run, Decision({"lp": str(int(now * 1000))},
+                                         max_age_event(run, observed_at=now)))
 
     async def _settle(self, run: TrackedRun, decision: Decision) -> None:
         async def write(w: Any) -> tuple[Reply, str]:
@@ -376,10 +303,3 @@ class Poller:
                      note="another worker took the run over, or it was untracked; this "
                           "poll's result is dropped")
 
-
-def spacing_ms(settings: Settings, provider: str) -> float:
-    """Milliseconds between two request slots of `provider`, deployment-wide; 0: no limit."""
-    from relay.providers import rate_limit
-
-    rate = rate_limit(settings, provider)
-    return 1000.0 / rate * RATE_MARGIN if rate else 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from relay import clock, ids
@@ -19,6 +20,19 @@ def _s(value: str | None) -> float | None:
     return int(value) / 1000 if value else None
 
 
+class RunState(StrEnum):
+    """A tracked run's state; stored are ACTIVE and FINISHED, STALLED is shown for an active run
+    that no live worker can poll."""
+
+    ACTIVE = "active"
+    STALLED = "stalled"
+    FINISHED = "finished"
+
+
+# What `GET /v1/runs?state=` and `relay runs list --state` filter on (stalled runs are active).
+STATE_FILTERS = (RunState.ACTIVE.value, RunState.FINISHED.value)
+
+
 @dataclass
 class TrackedRun:
     """One run on the poll schedule. Stored as a small Redis hash with short field names
@@ -30,7 +44,7 @@ class TrackedRun:
     technique_id: str | None = None
     channels: list[str] = field(default_factory=list)
     metadata: Any = None
-    state: str = "active"
+    state: str = RunState.ACTIVE
     status: str | None = None
     progress: float | None = None
     last_polled: float | None = None
@@ -54,7 +68,7 @@ class TrackedRun:
             technique_id=h.get("t") or None,
             channels=json.loads(h["c"]) if h.get("c") else [],
             metadata=json.loads(h["m"]) if h.get("m") else None,
-            state=h.get("st", "active"), status=h.get("s") or None,
+            state=h.get("st", RunState.ACTIVE), status=h.get("s") or None,
             progress=float(h["pg"]) if h.get("pg") else None,
             last_polled=_s(h.get("lp")), next_poll=_s(h.get("np")),
             polls=int(h.get("n") or 0), interval=(_s(h.get("iv")) or 0.0),
@@ -67,8 +81,8 @@ class TrackedRun:
 
     def new_fields(self) -> dict[str, str]:
         """The hash of a newly tracked run (empty fields are left out to save memory)."""
-        out = {"p": self.provider, "r": self.run_id, "since": _ms(self.since), "st": "active",
-               "np": _ms(self.next_poll), "n": "0"}
+        out = {"p": self.provider, "r": self.run_id, "since": _ms(self.since),
+               "st": RunState.ACTIVE.value, "np": _ms(self.next_poll), "n": "0"}
         if self.technique_id:
             out["t"] = self.technique_id
         if self.channels:
@@ -77,15 +91,17 @@ class TrackedRun:
             out["m"] = json.dumps(self.metadata, separators=(",", ":"))
         return out
 
-    def view(self, events: list[str]) -> dict[str, Any]:
-        """The API's TrackedRun (CONTRACT 4.2)."""
-        active = self.state == "active"
+    def view(self, events: list[str], *, pollable: bool = True) -> dict[str, Any]:
+        """The API's TrackedRun (CONTRACT 4.2, 7.4); an active run that no live worker can
+        poll (`pollable` False) is `stalled`."""
+        active = self.state == RunState.ACTIVE and pollable
         return {
             "provider": self.provider,
             "run_id": self.run_id,
             "technique_id": self.technique_id,
             "status": self.status,
-            "state": self.state,
+            "state": RunState.STALLED if self.state == RunState.ACTIVE and not pollable
+            else self.state,
             "progress": self.progress,
             "tracked_since": clock.iso(self.since),
             "last_polled_at": clock.iso(self.last_polled) if self.last_polled else None,
@@ -136,6 +152,38 @@ def run_event(run: TrackedRun, obs: Observation, *, raw: bytes, observed_at: flo
         source=source, observed_at=clock.iso(observed_at), provider_payload_raw=raw or b"null",
         extra=extra,
     )
+
+
+def pending_callback(event: Event, raw: bytes, delivery_id: str | None) -> dict[str, Any]:
+    """What a tracked run keeps of a callback that reported its end before the run could be
+    read (FLORA's carry no outputs): enough to emit it on its own word (`callback_event`)."""
+    return {"d": delivery_id or "", "s": event.status, "e": event.error,
+            "c": event.completed_at, "raw": raw.decode()}
+
+
+def callback_event(run: TrackedRun, observed_at: float) -> Event:
+    """The terminal event of a run's pending callback on the callback's own word, without
+    outputs, under the event id its callback was answered with."""
+    pcb = run.pending_callback or {}
+    status = str(pcb.get("s") or "succeeded")
+    return Event(
+        id=run.pending_event or ids.event_id(), event=STATUS_TO_EVENT[status],
+        provider=run.provider, run_id=run.run_id, status=status, output=None,
+        error=pcb.get("e") if status == "failed" else None, duration_ms=None, created_at=None,
+        completed_at=pcb.get("c"), metadata=run.metadata, channels=list(run.channels),
+        source="callback", observed_at=clock.iso(observed_at),
+        provider_payload_raw=str(pcb.get("raw", "null")).encode(),
+    )
+
+
+def max_age_event(run: TrackedRun, *, observed_at: float) -> Event:
+    """What ends a run at RELAY_POLL_MAX_AGE: its pending callback if it has one, else
+    `run.expired`."""
+    if run.pending_event is not None:
+        return callback_event(run, observed_at)
+    return expired_event(run, observed_at=observed_at, error={
+        "code": "max_age", "message": "tracking gave up after RELAY_POLL_MAX_AGE",
+        "stage": "relay"})
 
 
 def expired_event(run: TrackedRun, *, observed_at: float, error: dict[str, Any]) -> Event:

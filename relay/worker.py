@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -11,6 +12,9 @@ import structlog
 
 from relay.config import Settings
 from relay.delivery import DeliveryWorker
+from relay.errors import StorageUnavailable
+from relay.heartbeat import Heartbeat
+from relay.ids import consumer_name
 from relay.outbound import Outbound, ProviderClient
 from relay.poller import Poller
 from relay.providers import poll_providers
@@ -51,14 +55,20 @@ async def run_worker(settings: Settings, url: str, *, once: bool = False) -> Non
             delivery = DeliveryWorker(relay, outbound)
             providers = poll_providers(settings)
             poller = Poller(relay, providers, client, name=delivery.name) if providers else None
+            heartbeat = Heartbeat(relay, delivery.name, providers)
             if once:
                 polled = await poller.run_once() if poller else 0
+                swept = await heartbeat.sweep()
                 count = await delivery.run_once()
-                log.info("worker_pass_done", attempted=count, polled=polled)
+                log.info("worker_pass_done", attempted=count, polled=polled, swept=swept)
                 return
             stop = asyncio.Event()
             on_signals(stop.set)
-            jobs = [delivery.run(stop, grace=SHUTDOWN_GRACE)]
+            # Live before it says it has started, so that a run tracked then is accepted; with
+            # Redis down, the heartbeat's loop keeps trying like every other loop.
+            with contextlib.suppress(StorageUnavailable):
+                await heartbeat.beat()
+            jobs = [delivery.run(stop, grace=SHUTDOWN_GRACE), heartbeat.run(stop)]
             if poller is not None:
                 jobs.append(poller.run(stop, grace=SHUTDOWN_GRACE))
             await asyncio.gather(*jobs)
@@ -68,15 +78,18 @@ async def run_worker(settings: Settings, url: str, *, once: bool = False) -> Non
 
 
 def poller_background() -> Background:
-    """The poll scheduler as a task of the web process (`relay serve`)."""
+    """The poll scheduler and the heartbeat as tasks of the web process (`relay serve`)."""
 
     async def run(relay: Relay, stop: asyncio.Event) -> None:
         providers = poll_providers(relay.settings)
+        heartbeat = Heartbeat(relay, consumer_name(), providers)
         if not providers:
-            return  # no provider API key: nothing can be tracked, so nothing to poll
+            await heartbeat.run(stop)  # nothing to poll, but a worker still: it sweeps
+            return
         client = ProviderClient(max_bytes=relay.settings.max_body_bytes)
         try:
-            await Poller(relay, providers, client).run(stop)
+            await asyncio.gather(heartbeat.run(stop),
+                                 Poller(relay, providers, client, name=heartbeat.name).run(stop))
         finally:
             await client.aclose()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -166,7 +167,8 @@ async def test_callback_url_request_is_validated(client: httpx.AsyncClient) -> N
 
 async def test_runflow_route_refuses_everything_without_secrets(
         settings: Settings, redis_server: RedisServer) -> None:
-    bare = settings.with_overrides(runflow_callback_secrets=())
+    runflow = replace(settings.provider("runflow"), callback_secrets=())
+    bare = settings.with_overrides(providers={**settings.providers, "runflow": runflow})
     async with app_client(bare, redis_server.url) as c:
         body = runflow_body("no-secret")
         r = await c.post("/callbacks/runflow", content=body,

@@ -20,10 +20,14 @@ def test_defaults_match_the_contract() -> None:
     assert (s.disable_after, s.rotation_grace, s.allow_private_targets) == (432000, 86400, False)
     assert (s.poll_min_interval, s.poll_max_interval, s.poll_max_age) == (2, 30, 86400)
     assert s.event_retention == 604800 and s.log_level == "info"
-    assert s.betterprompt.rate_limit == 5 and s.flora.rate_limit == 5
-    assert s.runflow.base_url == "https://api.runflow.io"
-    assert s.betterprompt.base_url == "https://api.betterprompt.me"
-    assert s.flora.base_url == "https://app.flora.ai/api/v1"
+    bp, flora, runflow = (s.provider(name) for name in ("betterprompt", "flora", "runflow"))
+    assert bp.rate_limit == 5 and flora.rate_limit == 5
+    assert runflow.rate_limit is None  # Runflow documents no limit: no RUNFLOW_RATE_LIMIT
+    assert runflow.base_url == "https://api.runflow.io"
+    assert bp.base_url == "https://api.betterprompt.me"
+    assert flora.base_url == "https://app.flora.ai/api/v1"
+    assert (bp.api_key, flora.api_key, runflow.api_key) == (None, None, None)
+    assert (flora.callback_secrets, runflow.callback_secrets, bp.callback_secrets) == ((), (), ())
 
 
 def test_public_url_follows_port() -> None:
@@ -64,7 +68,7 @@ def test_redis_url_requires_secret_key_and_api_keys() -> None:
 
 def test_embedded_mode_needs_no_keys() -> None:
     s = Settings.from_env({})
-    assert s.embedded and s.api_keys == () and s.secret_key is None
+    assert s.redis_url is None and s.api_keys == () and s.secret_key is None
 
 
 def test_secrets_never_show_in_repr_or_description() -> None:

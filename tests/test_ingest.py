@@ -104,3 +104,38 @@ async def test_a_duration_too_large_for_a_time_is_422_naming_duration_ms(
         client: httpx.AsyncClient) -> None:
     r = await post_runflow(client, b'{"run_id":"r","event":"run.completed","duration_ms":1e300}')
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "duration_ms"
+
+
+def batch_body(batch_id: str, event: str, **fields: object) -> bytes:
+    return json.dumps({"batch_id": batch_id, "event": event, "output": None,
+                       **fields}).encode()
+
+
+async def test_a_batch_gets_one_terminal_event_whatever_ends_it_next(
+        client: httpx.AsyncClient, store: Store) -> None:
+    h = admin_headers()
+    sub = await client.post("/v1/subscriptions", headers=h, json={"url": "http://127.0.0.1:9/x"})
+    assert sub.status_code == 201
+    first = await post_runflow(client, batch_body("batch-1", "batch.succeeded"))
+    assert first.json()["duplicate"] is False
+    for late in ("batch.failed", "batch.cancelled", "batch.partial_succeeded"):
+        again = await post_runflow(client, batch_body("batch-1", late))
+        assert again.status_code == 200
+        assert again.json() == {**first.json(), "duplicate": True}, late
+    listed = await client.get("/v1/events?run_id=batch-1", headers=h)
+    assert [e["id"] for e in listed.json()["data"]] == [first.json()["event_id"]]
+    deliveries = await client.get("/v1/deliveries", headers=h)
+    assert len(deliveries.json()["data"]) == 1  # the first event's; the duplicates fan out none
+
+
+async def test_batch_canceled_is_stored_as_batch_cancelled(
+        client: httpx.AsyncClient, store: Store) -> None:
+    r = await post_runflow(client, batch_body("batch-2", "batch.canceled"))
+    assert r.status_code == 200
+    stored = await store.get_event(r.json()["event_id"])
+    assert stored is not None
+    event = json.loads(stored["body"])
+    assert (event["event"], event["status"], event["batch_id"]) == (
+        "batch.cancelled", "canceled", "batch-2")
+    again = await post_runflow(client, batch_body("batch-2", "batch.cancelled"))
+    assert again.json()["duplicate"] is True

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
+import pytest
+
 from relay.errors import StorageUnavailable
-from relay.loops import keep_running, wait_event
+from relay.loops import CANCEL_WAIT, finish, keep_running, shut_down, wait_event
 
 
 async def test_the_back_off_grows_to_its_cap_and_a_healthy_run_starts_it_afresh() -> None:
@@ -77,3 +80,60 @@ async def test_wait_event_returns_when_set_or_when_the_time_is_up() -> None:
     started = time.monotonic()
     await wait_event(event, 5.0)
     assert time.monotonic() - started < 1.0
+
+
+async def test_shutdown_cuts_the_read_of_a_loop_deaf_to_cancellation_and_drains_in_the_grace(
+        ) -> None:
+    stop, interrupted = asyncio.Event(), asyncio.Event()
+    seen: list[str] = []
+
+    async def stuck() -> None:
+        # As redis-py can in a blocking read: the cancellation is lost, the read goes on.
+        while not interrupted.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await interrupted.wait()
+        seen.append("loop ended")
+
+    async def interrupt() -> None:
+        seen.append("interrupt")
+        interrupted.set()
+
+    async def drain(left: float) -> None:
+        seen.append(f"drain {left:.1f}")
+
+    loop = asyncio.create_task(stuck())
+    await asyncio.sleep(0.05)  # reading
+    stop.set()
+    signalled = time.monotonic()
+    await shut_down(stop, [loop], grace=3.0, on_stop=lambda: seen.append("on_stop"),
+                    interrupt=interrupt, drain=drain)
+    assert time.monotonic() - signalled == pytest.approx(CANCEL_WAIT, abs=0.3)
+    # The grace counts from the signal: the second spent waiting for the loop is gone.
+    assert seen == ["on_stop", "interrupt", "loop ended", f"drain {3.0 - CANCEL_WAIT:.1f}"]
+
+
+async def test_shutdown_of_loops_that_end_when_cancelled_interrupts_nothing() -> None:
+    stop = asyncio.Event()
+    interrupts: list[None] = []
+
+    async def interrupt() -> None:
+        interrupts.append(None)
+
+    async def drain(left: float) -> None:
+        assert left > 2.9
+
+    loop = asyncio.create_task(asyncio.sleep(30))
+    await asyncio.sleep(0.05)
+    stop.set()
+    await shut_down(stop, [loop], grace=3.0, on_stop=lambda: None, interrupt=interrupt,
+                    drain=drain)
+    assert loop.cancelled() and interrupts == []
+
+
+async def test_finish_waits_for_work_in_flight_and_cancels_what_outlasts_it() -> None:
+    quick = asyncio.create_task(asyncio.sleep(0.05))
+    slow = asyncio.create_task(asyncio.sleep(30))
+    started = time.monotonic()
+    await finish({quick, slow}, 0.3)
+    assert time.monotonic() - started < 1.0
+    assert quick.done() and not quick.cancelled() and slow.cancelled()

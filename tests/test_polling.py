@@ -13,8 +13,10 @@ import httpx
 import pytest
 
 from relay.config import Settings
+from relay.heartbeat import Heartbeat
 from relay.outbound import ProviderClient
 from relay.poller import Poller
+from relay.providers import poll_providers
 from relay.service import Relay
 from relay.store import Store
 from relay.tracking import Tracking
@@ -77,28 +79,30 @@ def psettings(redis_server: RedisServer, prefix: str, fake: FakeProvider) -> Set
 
 
 class Rig:
-    """Store, relay, tracking and a running poller, all in this event loop."""
+    """Store, relay, tracking and a running worker's poller and heartbeat, in this event loop."""
 
     def __init__(self, settings: Settings, url: str) -> None:
         self.settings = settings
         self.store = Store(settings, url)
         self.relay = Relay(settings, self.store)
         self.client = ProviderClient(max_bytes=settings.max_body_bytes)
-        self.tracking = Tracking(self.relay, self.client)
-        self.poller = Poller(self.relay, self.tracking.providers, self.client)
+        self.tracking = Tracking(self.relay)
+        self.poller = Poller(self.relay, poll_providers(settings), self.client)
+        self.heartbeat = Heartbeat(self.relay, self.poller.name, self.poller.providers)
         self.stop = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
+        self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> Rig:
         await self.store.ensure_groups()
         await self.relay.subs.refresh()
-        self.task = asyncio.create_task(self.poller.run(self.stop, grace=1))
+        await self.heartbeat.beat()
+        self.tasks = [asyncio.create_task(self.poller.run(self.stop, grace=1)),
+                      asyncio.create_task(self.heartbeat.run(self.stop))]
         return self
 
     async def close(self) -> None:
         self.stop.set()
-        if self.task is not None:
-            await self.task
+        await asyncio.gather(*self.tasks)
         await self.client.aclose()
         await self.store.aclose()
 
@@ -542,7 +546,7 @@ async def _polled(client: httpx.AsyncClient, path: str) -> bool:
     return r.status_code == 200 and r.json()["polls"] >= 1
 
 
-async def test_tracking_a_provider_without_an_api_key_is_refused(
+async def test_tracking_a_provider_that_no_live_worker_polls_is_refused(
         client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/runs", headers=admin_headers(), json={
         "provider": "betterprompt", "run_id": "r1"})

@@ -179,9 +179,9 @@ def test_workers_recreate_their_state_and_carry_on_after_redis_restarts_empty(
         assert send_callback(base, "empty-orphan").status_code == 200
         subscribe(base, subscriber.url)
         assert send_callback(base, "empty-after").status_code == 200
-        tracked = httpx.post(f"{base}/v1/runs", headers=admin_headers(), timeout=5,
-                             json={"provider": "betterprompt", "run_id": "empty-run"})
-        assert tracked.status_code == 201, tracked.text
+        # Until the worker's next heartbeat the empty Redis knows no worker that polls it.
+        wait_until(lambda: httpx.post(f"{base}/v1/runs", headers=admin_headers(), timeout=5, json={
+            "provider": "betterprompt", "run_id": "empty-run"}).status_code == 201, 10)
         wait_until(lambda: {"empty-after", "empty-run"} <= delivered_runs(subscriber), 15)
         took = time.monotonic() - restarted
         assert took < 15, took

@@ -10,6 +10,7 @@ from relay import schemas
 from relay.cli import output
 from relay.cli.common import Group, admin_command, json_option, paging_options, parse_metadata
 from relay.providers import poll_names
+from relay.runs import STATE_FILTERS
 
 if TYPE_CHECKING:
     from relay.service import Relay
@@ -57,7 +58,7 @@ async def track(relay: Relay, provider: str, run_id: str, technique_id: str | No
 
 @runs.command("list")
 @click.option("--provider", type=_PROVIDERS, help="Only this provider's runs.")
-@click.option("--state", type=click.Choice(["active", "finished"]), help="Only these runs.")
+@click.option("--state", type=click.Choice(STATE_FILTERS), help="Only these runs.")
 @paging_options
 @json_option
 @admin_command
@@ -66,7 +67,7 @@ async def list_runs(relay: Relay, provider: str | None, state: str | None, limit
     """List tracked runs, newest first."""
     from relay.tracking import Tracking
 
-    data, next_cursor = await Tracking(relay, providers={}).list(
+    data, next_cursor = await Tracking(relay).list(
         provider=provider, state=state, limit=limit, cursor=cursor or None)
     output.listing(data, next_cursor, as_json, _RUN_COLUMNS)
 
@@ -80,7 +81,7 @@ async def show_run(relay: Relay, provider: str, run_id: str, as_json: bool) -> N
     """Show a tracked run: its state, polls, last error and events."""
     from relay.tracking import Tracking
 
-    output.show(await Tracking(relay, providers={}).show(provider, run_id), as_json)
+    output.show(await Tracking(relay).show(provider, run_id), as_json)
 
 
 @runs.command("untrack")
@@ -92,7 +93,7 @@ async def untrack(relay: Relay, provider: str, run_id: str, as_json: bool) -> No
     """Stop tracking a run (its events stay)."""
     from relay.tracking import Tracking
 
-    await Tracking(relay, providers={}).untrack(provider, run_id)
+    await Tracking(relay).untrack(provider, run_id)
     if as_json:
         output.emit_json({"untracked": True})
     else:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relay.errors import InvalidJSON
-from relay.models import TERMINAL_EVENTS, TERMINAL_STATUSES, Event
+from relay.models import TERMINAL_BATCH_EVENTS, TERMINAL_EVENTS, TERMINAL_STATUSES, Event
 from relay.signing import CallbackClaims
 
 
@@ -23,11 +23,6 @@ class CallbackContext:
     claims: CallbackClaims | None = None
 
 
-def dedupe_key(event: Event) -> str:
-    """One terminal event per run whoever reports it; other types once per (subject, type)."""
-    return "terminal" if event.event in TERMINAL_EVENTS else event.event
-
-
 @dataclass(frozen=True)
 class DedupeRule:
     kind: str  # the dedupe key's kind: "terminal" or the event type
@@ -37,9 +32,12 @@ class DedupeRule:
 
 def dedupe_rule(event: Event) -> DedupeRule:
     """How an event is deduplicated: one terminal event per (provider, run), whoever sees it
-    first; `run.updated` and `run.expired` never after it; anything else once per type."""
+    first, and one per batch; `run.updated` and `run.expired` never after it; anything else
+    once per type."""
     if event.event in TERMINAL_EVENTS:
         return DedupeRule("terminal", "1", True)
+    if event.event in TERMINAL_BATCH_EVENTS:
+        return DedupeRule("terminal", "1", False)  # a batch is never a tracked run
     if event.event == "run.updated":
         return DedupeRule("terminal", "g", False)
     if event.event == "run.expired":
@@ -89,6 +87,9 @@ class CallbackProvider(Protocol):
     """A provider that calls relay back: verify the request, then normalize its body."""
 
     name: str
+    # Its callbacks say that a run ended but not what it made (FLORA): ingest reads the run
+    # from the provider's API before the event goes out, and dedupes on the delivery id.
+    reads_run: bool
 
     @property
     def token_suffices(self) -> bool:
@@ -99,6 +100,10 @@ class CallbackProvider(Protocol):
 
     def normalize(self, body: bytes, context: CallbackContext) -> Event:
         """Turn a verified body into relay's event; raise InvalidJSON or ValidationFailed."""
+
+    def delivery_id(self, body: bytes) -> str | None:
+        """The provider's id of this delivery of a normalized body, which its redeliveries
+        repeat; None when it has none (the event's own dedupe key is enough)."""
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ class Flora:
     """FLORA's signed run-completion callbacks (research/providers.md section 3.3)."""
 
     name = "flora"
+    reads_run = True  # a callback says that a run ended, not what it made
 
     def __init__(self, secrets: Sequence[str]) -> None:
         self._secrets = tuple(secrets)
@@ -94,21 +95,20 @@ class Flora:
         )
 
     def normalize(self, body: bytes, context: CallbackContext) -> Event:
-        """The event from the callback alone: FLORA sends no outputs, so `output` is null."""
+        """The event on the callback's word alone: FLORA sends no outputs, so `output` is
+        null until ingest has read the run."""
         cb = self.parse(body)
-        return event_from_callback(cb, body, context)
+        return Event(
+            id=ids.event_id(), event=STATUS_TO_EVENT[cb.status], provider=self.name,
+            run_id=cb.run_id, status=cb.status, output=None, error=cb.error, duration_ms=None,
+            created_at=None, completed_at=cb.created_at,
+            metadata=merge_metadata(None, context.metadata), channels=list(context.channels),
+            source="callback", observed_at=clock.iso(context.observed_at),
+            provider_payload_raw=body,
+        )
 
-
-def event_from_callback(cb: FloraCallback, raw: bytes, context: CallbackContext,
-                        event_id: str | None = None) -> Event:
-    return Event(
-        id=event_id or ids.event_id(), event=STATUS_TO_EVENT[cb.status], provider="flora",
-        run_id=cb.run_id, status=cb.status, output=None,
-        error=cb.error if cb.status == "failed" else None, duration_ms=None, created_at=None,
-        completed_at=cb.created_at, metadata=merge_metadata(None, context.metadata),
-        channels=list(context.channels), source="callback",
-        observed_at=clock.iso(context.observed_at), provider_payload_raw=raw,
-    )
+    def delivery_id(self, body: bytes) -> str | None:
+        return self.parse(body).delivery_id
 
 
 class FloraAPI:

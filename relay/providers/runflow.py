@@ -14,7 +14,7 @@ from relay.signing import verify_hex_hmac
 
 # Runflow's status uses US spelling, its event names UK spelling; accept both on input.
 _STATUS_ALIASES = {"cancelled": "canceled"}
-_EVENT_ALIASES = {"run.canceled": "run.cancelled"}
+_EVENT_ALIASES = {"run.canceled": "run.cancelled", "batch.canceled": "batch.cancelled"}
 
 
 def _fail(message: str, details: list[dict[str, str]]) -> ValidationFailed:
@@ -46,6 +46,7 @@ class Runflow:
     """Adapter for Runflow's per-run `callback_url` envelopes."""
 
     name = "runflow"
+    reads_run = False  # the envelope carries the run's output
 
     def __init__(self, secrets: Sequence[str]) -> None:
         self._secrets = tuple(secrets)
@@ -108,6 +109,9 @@ class Runflow:
             observed_at=clock.iso(context.observed_at),
             provider_payload_raw=body,
         )
+
+    def delivery_id(self, body: bytes) -> str | None:
+        return None  # redeliveries are deduped by (run or batch, event) alone
 
     @staticmethod
     def _event_and_status(

@@ -14,13 +14,14 @@ from relay.store.queue import Outcome, QueueEntry, QueueMixin
 from relay.store.runs import Claim, RunsMixin
 from relay.store.scripts import Atomic, Reply
 from relay.store.subscriptions import SubscriptionsMixin
+from relay.store.workers import WorkersMixin
 
 __all__ = ["Atomic", "Claim", "Delivery", "EventWrite", "Outcome", "Page", "QueueEntry", "Reply",
            "Store", "open_store"]
 
 
 class Store(EventsMixin, SubscriptionsMixin, DeliveriesMixin, QueueMixin, RunsMixin,
-            MaintenanceMixin):
+            WorkersMixin, MaintenanceMixin):
     """Redis-backed storage for one key prefix: the clients of StoreBase, and each mixin's
     methods and scripts over them."""
 

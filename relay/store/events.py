@@ -7,6 +7,7 @@ from typing import Any
 
 from relay import clock
 from relay.config import Settings
+from relay.providers import names
 from relay.store import scripts
 from relay.store.base import StoreBase
 from relay.store.batching import GroupCommit
@@ -16,7 +17,7 @@ from relay.store.paging import Page, page_index
 from relay.store.scripts import REPLIES, Reply
 
 # Providers whose runs have their own event index, for `run_id` lookups without a provider.
-PROVIDERS = ("runflow", "betterprompt", "flora", "relay")
+PROVIDERS = (*names(), "relay")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ class Keys:
         self.subs = f"{p}:subs"  # zset: subscription id by creation time (ms)
         self.subs_version = f"{p}:subs:ver"  # counter bumped on every subscription change
         self.maintenance_lock = f"{p}:lock:maintenance"
-        self.workers = f"{p}:workers"  # zset: worker name by last heartbeat (ms)
+        self.workers = f"{p}:workers"  # zset: live worker names by when their heartbeat ends (ms)
+        self.sweep = f"{p}:sweep"  # string: how far the sweep of expired runs read `runs`
+        self.sweep_lock = f"{p}:lock:sweep"
         self.runs = f"{p}:runs"  # zset: tracked runs ("provider:run_id") by tracked-since (ms)
         self.poll_wake = f"{p}:poll:wake"  # list: pushed when a run is tracked; pollers BLPOP it
         self.run_prefix = f"{p}:trk:"  # + "provider:run_id": the tracked-run hash (Lua builds it)
@@ -47,13 +49,18 @@ class Keys:
         """zset: a provider's active runs by the time of their next poll (ms), or lease expiry."""
         return f"{self.root}:poll:due:{provider}"
 
+    def pollers(self, provider: str) -> str:
+        """zset: the live workers that poll `provider`, by when their heartbeat ends (ms)."""
+        return f"{self.root}:workers:{provider}"
+
     def rate(self, provider: str) -> str:
         """string: the time (ms) of the provider's next free request slot, deployment-wide."""
         return f"{self.root}:rate:{provider}"
 
-    def flora_delivery(self, delivery_id: str) -> str:
-        """string: the event a FLORA callback delivery (`whd_...`) became; dedupes redeliveries."""
-        return f"{self.root}:dd:flora-delivery:{delivery_id}"
+    def callback_delivery(self, provider: str, delivery_id: str) -> str:
+        """string: the event a callback delivery (FLORA's `whd_...`) became; dedupes its
+        redeliveries."""
+        return f"{self.root}:dd:{provider}-delivery:{delivery_id}"
 
     def sub(self, sub_id: str) -> str:
         return f"{self.root}:sub:{sub_id}"

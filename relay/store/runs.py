@@ -9,6 +9,8 @@ from typing import Any
 
 from relay import clock
 from relay.config import Settings
+from relay.providers import poll_names
+from relay.runs import RunState
 from relay.store import scripts
 from relay.store.base import StoreBase
 from relay.store.batching import GroupCommit
@@ -20,8 +22,6 @@ from relay.store.scripts import REPLIES, Atomic, Reply
 
 # One poll's record: the keys and arguments of its step in scripts.SETTLE_MANY.
 Settle = tuple[list[str], list[Any]]
-
-PROVIDER_NAMES = ("betterprompt", "flora", "runflow")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class RunsMixin(StoreBase):
         self._settles: GroupCommit[Settle, Any] = GroupCommit(
             self._send_settles, max_wait=POOL_WAIT, overdue=writes_ahead_hang, max_batch=256)
         self._pending = r.register_script(scripts.CALLBACK_PENDING)
+        self._lease = r.register_script(scripts.LEASE_RUN)
 
     # ---- tracking -----------------------------------------------------------------------
 
@@ -110,10 +111,11 @@ class RunsMixin(StoreBase):
     @storage_op
     async def active_runs(self) -> dict[str, int]:
         """Runs on each provider's schedule (active ones), for /metrics."""
+        names = poll_names()
         pipe = self.redis.pipeline(transaction=False)
-        for name in PROVIDER_NAMES:
+        for name in names:
             pipe.zcard(self.keys.poll_due(name))
-        return dict(zip(PROVIDER_NAMES, await pipe.execute(), strict=True))
+        return dict(zip(names, await pipe.execute(), strict=True))
 
     # ---- the scheduler ------------------------------------------------------------------
 
@@ -195,16 +197,57 @@ class RunsMixin(StoreBase):
         answers: list[Any] = await self._settle_many(keys=keys, args=[payload])
         return answers
 
-    # ---- FLORA callbacks ----------------------------------------------------------------
+    # ---- the sweep of runs past RELAY_POLL_MAX_AGE -------------------------------------
 
     @storage_op
-    async def flora_delivery_event(self, delivery_id: str) -> str | None:
-        value = await self.redis.get(self.keys.flora_delivery(delivery_id))
+    async def runs_to_sweep(self, until_ms: int, limit: int
+                            ) -> tuple[list[tuple[str, str]], str, bool]:
+        """The active runs tracked before `until_ms` that the sweep has not read yet, oldest
+        first: ((provider, run id) each, the sweep's position after them, whether more may
+        follow)."""
+        k = self.keys
+        start = await self.redis.get(k.sweep) or "-inf"
+        rows = await self.redis.zrangebyscore(k.runs, start, until_ms, start=0, num=limit,
+                                              withscores=True)
+        if not rows:
+            return [], start, False
+        more = len(rows) == limit
+        last = rows[-1][1]
+        if more:
+            # Runs tracked in the same millisecond go together, so the position can pass them.
+            rows = [r for r in rows if r[1] < last] + await self.redis.zrangebyscore(
+                k.runs, last, last, withscores=True)
+        runs = [split_member(member) for member, _ in rows]
+        pipe = self.redis.pipeline(transaction=False)
+        for provider, run_id in runs:
+            pipe.hget(k.run(provider, run_id), "st")
+        states = await pipe.execute()
+        active = [run for run, st in zip(runs, states, strict=True) if st == RunState.ACTIVE]
+        return active, f"({int(last)}", more
+
+    @storage_op
+    async def swept_to(self, position: str) -> None:
+        await self.redis.set(self.keys.sweep, position)
+
+    @storage_op
+    async def lease_run(self, provider: str, run_id: str, *, token: str, lease_ms: int
+                        ) -> dict[str, str] | None:
+        """Lease one active run to `token` outside the schedule: its fields, or None when it
+        is gone or finished (scripts.LEASE_RUN)."""
+        flat = await self._lease(keys=[self.keys.run(provider, run_id), self.keys.poll_due(
+            provider)], args=[token, run_member(provider, run_id), clock.now_ms() + lease_ms])
+        return _pairs(flat) if flat else None
+
+    # ---- callbacks that read their run (FLORA) ------------------------------------------
+
+    @storage_op
+    async def delivery_event(self, provider: str, delivery_id: str) -> str | None:
+        value = await self.redis.get(self.keys.callback_delivery(provider, delivery_id))
         return str(value) if value else None
 
     @storage_op
-    async def remember_flora_delivery(self, delivery_id: str, event_id: str) -> None:
-        await self.redis.set(self.keys.flora_delivery(delivery_id), event_id,
+    async def remember_delivery(self, provider: str, delivery_id: str, event_id: str) -> None:
+        await self.redis.set(self.keys.callback_delivery(provider, delivery_id), event_id,
                              ex=self._retention)
 
     @storage_op

@@ -321,3 +321,16 @@ class Atomic:
             self.keys.append(key)
         self.args += [len(args) + 2, command, key, *args]
         return self
+
+
+LEASE_RUN = """
+-- Lease one tracked run to a worker outside the schedule, if it is still active: the sweep of
+-- runs past RELAY_POLL_MAX_AGE that no poller ended. A poller's lease on it is taken over, and
+-- the schedule holds the run back for the lease, so exactly one of them can settle it.
+-- KEYS: run hash, provider's poll schedule. ARGV: worker token, member, lease until ms.
+-- Returns the run's fields, or an empty list when it is gone or finished.
+if redis.call('HGET', KEYS[1], 'st') ~= 'active' then return {} end
+redis.call('HSET', KEYS[1], 'lk', ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+return redis.call('HGETALL', KEYS[1])
+"""

@@ -9,6 +9,7 @@ from starlette.routing import Route
 from relay import schemas
 from relay.errors import ValidationFailed
 from relay.models import DeliveryStatus
+from relay.runs import STATE_FILTERS
 from relay.signing import CallbackClaims
 from relay.web.common import admin, json_body, paging, state_of
 
@@ -97,9 +98,9 @@ async def list_runs(request: Request) -> Response:
     limit, cursor = paging(request)
     q = request.query_params
     state_filter = q.get("state") or None
-    if state_filter is not None and state_filter not in ("active", "finished"):
+    if state_filter is not None and state_filter not in STATE_FILTERS:
         raise ValidationFailed("validation_error", "unknown run state", details=[
-            {"field": "state", "problem": "must be active or finished"}])
+            {"field": "state", "problem": f"must be one of {', '.join(STATE_FILTERS)}"}])
     data, next_cursor = await state_of(request).tracking.list(
         provider=q.get("provider") or None, state=state_filter, limit=limit, cursor=cursor)
     return JSONResponse({"data": data, "next_cursor": next_cursor})

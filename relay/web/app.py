@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from relay import metrics
 from relay.config import Settings
 from relay.errors import RelayError, StorageUnavailable
+from relay.ingest import Ingest
 from relay.outbound import ProviderClient
 from relay.providers import callback_providers, poll_providers
 from relay.service import Relay
@@ -73,8 +74,7 @@ async def metrics_endpoint(request: Request) -> Response:
         metrics.QUEUE_DEPTH.labels("scheduled_retries").set(depths["scheduled_retries"])
         metrics.QUEUE_DEPTH.labels("dead").set(depths["dead"])
         metrics.SUBSCRIPTIONS.set(depths["subscriptions"])
-        for provider, count in (await state_of(request).store.active_runs()).items():
-            metrics.TRACKED_RUNS.labels(provider).set(count)
+        await state_of(request).tracking.count()
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -104,7 +104,7 @@ def create_app(
         client = ProviderClient(max_bytes=settings.max_body_bytes) if pollable else None
         state = AppState(settings, store, relay, callback_providers(settings),
                          TokenSigner(settings.secret_key.reveal() if settings.secret_key else ""),
-                         Tracking(relay, client, pollable))
+                         Tracking(relay), Ingest(relay, client, pollable))
         app.state.relay = state
         stop = asyncio.Event()
         tasks = [asyncio.create_task(job(relay, stop)) for job in background or []]

@@ -11,13 +11,12 @@ from starlette.types import Receive, Scope, Send
 
 from relay import clock, metrics
 from relay.errors import RelayError
-from relay.providers import CallbackContext
-from relay.providers.flora import Flora
+from relay.providers import callback_names
 from relay.web.common import AppState, ClientGone, error_body, read_raw_body, report_unexpected
 
 log = structlog.get_logger("relay.ingest")
 
-PROVIDERS = ("runflow", "flora")
+PROVIDERS = frozenset(callback_names())
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -90,37 +89,18 @@ async def _accept(state: AppState, provider_name: str, token: str | None,
             provider.verify(headers, body)
     else:
         provider.verify(headers, body)
-    observed_at = clock.now()
-    if provider_name == "flora":
-        # FLORA's callback carries no outputs: the run is read before the event is made.
-        flora = state.providers["flora"]
-        assert isinstance(flora, Flora)
-        accepted, event_type, run_id = await state.tracking.flora_callback(
-            flora, body, claims, observed_at)
-    else:
-        event = provider.normalize(body, CallbackContext(
-            observed_at=observed_at,
-            channels=claims.channels if claims else (),
-            metadata=claims.metadata if claims else None,
-            claims=claims,
-        ))
-        accepted = await state.relay.accept(event)
-        event_type, run_id = event.event, event.subject
+    accepted, event = await state.ingest.take(provider, body, claims, clock.now())
     outcome = "duplicate" if accepted.duplicate else "accepted"
     metrics.labelled(metrics.CALLBACKS, provider_name, outcome).inc()
     if not accepted.duplicate:
-        metrics.labelled(metrics.EVENTS, provider_name, event_type, "callback").inc()
-    log.info("callback_accepted", event_id=accepted.event_id, run_id=run_id, event_type=event_type,
-             duplicate=accepted.duplicate, **log_fields)
+        metrics.labelled(metrics.EVENTS, provider_name, event.event, "callback").inc()
+    log.info("callback_accepted", event_id=accepted.event_id, run_id=event.subject,
+             event_type=event.event, duplicate=accepted.duplicate, **log_fields)
     # The answer as bytes at once: event ids are ASCII letters, digits and "_".
     return b'{"ok":true,"event_id":"%s","duplicate":%s}' % (
         accepted.event_id.encode(), b"true" if accepted.duplicate else b"false")
 
 
 endpoint = _Endpoint()
-routes = [
-    Route("/callbacks/runflow", endpoint, methods=["POST"]),
-    Route("/callbacks/runflow/{token}", endpoint, methods=["POST"]),
-    Route("/callbacks/flora", endpoint, methods=["POST"]),
-    Route("/callbacks/flora/{token}", endpoint, methods=["POST"]),
-]
+routes = [Route(path, endpoint, methods=["POST"]) for name in sorted(PROVIDERS)
+          for path in (f"/callbacks/{name}", f"/callbacks/{name}/{{token}}")]

@@ -21,6 +21,7 @@ from relay.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from relay.ingest import Ingest
 from relay.providers import CallbackProvider
 from relay.providers.base import parse_json
 from relay.service import Relay
@@ -45,6 +46,7 @@ class AppState:
     providers: dict[str, CallbackProvider]
     signer: TokenSigner
     tracking: Tracking
+    ingest: Ingest
 
 
 def state_of(request: Request) -> AppState:

@@ -7,6 +7,7 @@ from typing import Any
 from relay import schemas
 from relay.models import DeliveryStatus
 from relay.providers import names
+from relay.runs import RunState
 
 Doc = dict[str, Any]
 
@@ -140,7 +141,7 @@ SCHEMAS: dict[str, Doc] = {
         "technique_id": typ("string", null=True),
         "status": typ("string", null=True, description="The last status seen; null before "
                       "the first poll.", examples=["queued", "running", "succeeded"]),
-        "state": typ("string", enum=["active", "finished"]),
+        "state": typ("string", enum=[s.value for s in RunState]),
         "progress": typ("number", null=True),
         "tracked_since": TIME, "last_polled_at": TIME_OR_NULL, "next_poll_at": TIME_OR_NULL,
         "polls": typ("integer", minimum=0),

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from relay import __version__
+from relay.runs import STATE_FILTERS
 from relay.web.components import (
     DELIVERY_STATUSES,
     PROVIDERS,
@@ -166,7 +167,7 @@ PATHS: dict[str, dict[str, Doc]] = {
                    errs=("provider_not_configured",), body="TrackRunRequest"),
         "get": listing("list_runs", "List tracked runs", "TrackedRunPage",
                        query("provider", typ("string", enum=PROVIDERS), "Only this provider."),
-                       query("state", typ("string", enum=["active", "finished"]),
+                       query("state", typ("string", enum=list(STATE_FILTERS)),
                              "Only active (still polled) or finished runs.")),
     },
     "/v1/runs/{provider}/{run_id}": {
