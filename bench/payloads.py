@@ -21,7 +21,7 @@ def signature(body: bytes, secret: str) -> str:
 def callback_body(run_id: str, seq: int, extra: dict[str, object] | None = None) -> bytes:
     """A `run.completed` envelope of about 600 bytes."""
     metadata: dict[str, object] = {
-        "bench": "bench",
+        "bench": "relay.bench",  # a label; kept, so the callbacks stay 636 bytes as measured before
         "seq": seq,
         "user_id": "usr_8c1f2d7e4b9a",
         "project_id": "prj_benchmark_0001",
