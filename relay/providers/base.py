@@ -90,6 +90,9 @@ class CallbackProvider(Protocol):
     # Its callbacks say that a run ended but not what it made (FLORA): ingest reads the run
     # from the provider's API before the event goes out, and dedupes on the delivery id.
     reads_run: bool
+    # The request header that names one callback request in the provider's own logs; relay's
+    # log line for the callback carries it as request_id.
+    request_id_header: str
 
     @property
     def token_suffices(self) -> bool:

@@ -52,6 +52,7 @@ class Flora:
 
     name = "flora"
     reads_run = True  # a callback says that a run ended, not what it made
+    request_id_header = "flora-webhook-id"
 
     def __init__(self, secrets: Sequence[str]) -> None:
         self._secrets = tuple(secrets)

@@ -47,6 +47,7 @@ class Runflow:
 
     name = "runflow"
     reads_run = False  # the envelope carries the run's output
+    request_id_header = "runflow-request-id"
 
     def __init__(self, secrets: Sequence[str]) -> None:
         self._secrets = tuple(secrets)

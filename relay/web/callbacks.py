@@ -57,7 +57,7 @@ async def callback(scope: Scope, receive: Receive, send: Send) -> None:
     # The first of a repeated header wins, as in Starlette's Headers.
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
     log_fields = {"provider": provider_name, "request_id": headers.get(
-        "runflow-request-id") or headers.get("flora-webhook-id")}
+        state.providers[provider_name].request_id_header)}
     try:
         doc = await _accept(state, provider_name, token, receive, headers, log_fields)
     except ClientGone:
